@@ -1,0 +1,1 @@
+"""FastAPI + SQLAlchemy service whose database layer is composed by a DI container."""

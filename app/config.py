@@ -1,0 +1,93 @@
+"""Settings: field defaults < config.yml < .env < environment variables."""
+
+from typing import Literal
+
+from pydantic import Field, PositiveFloat, PositiveInt, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+__all__ = ["Settings", "async_url", "settings"]
+
+
+class Settings(BaseSettings):
+    """Every knob of the service; names are the environment variables that set them."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env",
+        env_file_encoding="utf-8",
+        yaml_file="config.yml",
+        extra="ignore",
+        validate_default=True,
+    )
+
+    DATABASE_URL: str = "sqlite:///./app.db"
+    ASYNC_DATABASE_URL: str | None = None
+    ECHO_SQL: bool = False
+    CREATE_SCHEMA: bool | None = Field(
+        default=None, description="create missing tables at startup; default: on for SQLite"
+    )
+
+    DB_POOL_SIZE: PositiveInt = 5
+    DB_MAX_OVERFLOW: int = Field(default=10, ge=0)
+    DB_POOL_PRE_PING: bool = True
+    DB_POOL_RECYCLE: int = Field(default=1800, description="seconds; -1 disables")
+    DB_QUEUE_TIMEOUT: PositiveFloat = Field(
+        default=5.0, description="longest wait for a database connection before a 503"
+    )
+    THREADPOOL_SIZE: PositiveInt = 40
+
+    SQLITE_BUSY_TIMEOUT_MS: PositiveInt = 5000
+    SQLITE_SYNCHRONOUS: Literal["OFF", "NORMAL", "FULL", "EXTRA"] = "NORMAL"
+
+    @model_validator(mode="after")
+    def _check_url(self) -> "Settings":
+        async_url(self)  # fail at start, naming the setting, rather than at first query
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (
+            init_settings,
+            env_settings,
+            dotenv_settings,
+            YamlConfigSettingsSource(settings_cls),
+            file_secret_settings,
+        )
+
+
+_ASYNC_DRIVERS = {
+    "sqlite": "sqlite+aiosqlite",
+    "sqlite+pysqlite": "sqlite+aiosqlite",
+    "sqlite+aiosqlite": "sqlite+aiosqlite",
+    "postgresql": "postgresql+psycopg",
+    "postgresql+psycopg": "postgresql+psycopg",
+    "postgresql+psycopg_async": "postgresql+psycopg_async",
+    "postgresql+asyncpg": "postgresql+asyncpg",
+}
+
+
+def async_url(settings: Settings) -> str:
+    """The async engine's URL: ASYNC_DATABASE_URL, or DATABASE_URL with its async driver."""
+    if settings.ASYNC_DATABASE_URL:
+        return settings.ASYNC_DATABASE_URL
+    scheme, sep, rest = settings.DATABASE_URL.partition("://")
+    if not sep or scheme not in _ASYNC_DRIVERS:
+        raise ValueError(
+            f"DATABASE_URL must start with one of {', '.join(sorted(_ASYNC_DRIVERS))}:// "
+            f"(or set ASYNC_DATABASE_URL), got scheme {scheme!r}"
+        )
+    return f"{_ASYNC_DRIVERS[scheme]}://{rest}"
+
+
+settings = Settings()

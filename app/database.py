@@ -1,0 +1,108 @@
+"""The documented database API, resolved through the container at every use.
+
+``engine`` and ``async_engine`` are the container's current engines, and ``SessionLocal`` /
+``AsyncSessionLocal`` build sessions from its current ``session`` / ``async_session``
+providers, so overriding a provider reaches every caller, including code that imported
+these names before the override.
+
+>>> from app.database import ensure_database_schema
+>>> ensure_database_schema()
+>>> from app.database import SessionLocal
+>>> with SessionLocal() as session:
+...     pass
+>>> from app.database import AsyncSessionLocal
+>>> async def get_count() -> int:
+...     async with AsyncSessionLocal() as session:
+...         return 0
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import Engine
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from sqlalchemy.orm import DeclarativeBase, Session
+
+if TYPE_CHECKING:
+    from containers import Container
+
+__all__ = [
+    "AsyncSessionLocal",
+    "Base",
+    "SessionLocal",
+    "async_engine",
+    "engine",
+    "ensure_database_schema",
+]
+
+
+class Base(DeclarativeBase):
+    """The declarative base of every model."""
+
+
+def _container() -> Container:
+    # containers imports the models, which import this module: resolve at call time.
+    from containers import container
+
+    return container
+
+
+class _SessionFactory:
+    """``sessionmaker``'s calling conventions over ``container.session``."""
+
+    def __call__(self, **kw: Any) -> Session:
+        session: Session = _container().session(**kw)
+        return session
+
+    @contextmanager
+    def begin(self) -> Iterator[Session]:
+        """A session in a transaction: committed on success, rolled back on error."""
+        with self() as session, session.begin():
+            yield session
+
+    def __repr__(self) -> str:
+        return "SessionLocal(<container.session>)"
+
+
+class _AsyncSessionFactory:
+    """``async_sessionmaker``'s calling conventions over ``container.async_session``."""
+
+    def __call__(self, **kw: Any) -> AsyncSession:
+        session: AsyncSession = _container().async_session(**kw)
+        return session
+
+    @asynccontextmanager
+    async def begin(self) -> AsyncIterator[AsyncSession]:
+        """An async session in a transaction: committed on success, rolled back on error."""
+        async with self() as session, session.begin():
+            yield session
+
+    def __repr__(self) -> str:
+        return "AsyncSessionLocal(<container.async_session>)"
+
+
+SessionLocal = _SessionFactory()
+AsyncSessionLocal = _AsyncSessionFactory()
+
+
+def ensure_database_schema() -> None:
+    """Create the missing tables on the current sync engine; idempotent."""
+    import app.models  # noqa: F401  (registers every table on Base.metadata)
+
+    Base.metadata.create_all(_container().engine())
+
+
+def __getattr__(name: str) -> Any:
+    if name == "engine":
+        return _container().engine()
+    if name == "async_engine":
+        return _container().async_engine()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+if TYPE_CHECKING:
+    engine: Engine
+    async_engine: AsyncEngine

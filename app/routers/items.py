@@ -1,0 +1,28 @@
+"""/items: list every item."""
+
+from collections.abc import Sequence
+from typing import Annotated
+
+from dependency_injector.wiring import Provide, inject
+from fastapi import APIRouter, Depends
+
+from app.deps import ReadSession
+from app.models import Item
+from app.routers.paging import Limit, Skip
+from app.schemas import ItemRead
+from app.services import ItemService
+from containers import Container
+
+router = APIRouter(prefix="/items", tags=["items"])
+
+
+@router.get("/", response_model=list[ItemRead])
+@inject
+def read_items(
+    session: ReadSession,
+    items: Annotated[ItemService, Depends(Provide[Container.item_service])],
+    skip: Skip = 0,
+    limit: Limit = 100,
+) -> Sequence[Item]:
+    """List items, oldest first."""
+    return items.list(session, skip=skip, limit=limit)

@@ -1,0 +1,55 @@
+"""/users: create, list and fetch users; create their items."""
+
+from collections.abc import Sequence
+from typing import Annotated
+
+from dependency_injector.wiring import Provide, inject
+from fastapi import APIRouter, Depends, HTTPException
+
+from app.deps import ReadSession, WriteSession
+from app.models import Item, User
+from app.routers.paging import Limit, Skip
+from app.schemas import ItemCreate, ItemRead, UserCreate, UserRead
+from app.services import ItemService, UserService
+from containers import Container
+
+router = APIRouter(prefix="/users", tags=["users"])
+
+Users = Annotated[UserService, Depends(Provide[Container.user_service])]
+Items = Annotated[ItemService, Depends(Provide[Container.item_service])]
+
+
+@router.post("/", response_model=UserRead)
+@inject
+async def create_user(user_in: UserCreate, session: WriteSession, users: Users) -> User:
+    """Register a user; 400 if the e-mail is taken."""
+    return await users.create(session, user_in)
+
+
+@router.get("/", response_model=list[UserRead])
+@inject
+def read_users(session: ReadSession, users: Users, skip: Skip = 0, limit: Limit = 100) -> Sequence[User]:
+    """List users with their items, oldest first."""
+    return users.list(session, skip=skip, limit=limit)
+
+
+@router.get("/{user_id}", response_model=UserRead)
+@inject
+def read_user(user_id: int, session: ReadSession, users: Users) -> User:
+    """Fetch one user with their items."""
+    user = users.get(session, user_id)
+    if user is None:
+        raise HTTPException(status_code=404, detail="User not found")
+    return user
+
+
+@router.post("/{user_id}/items/", response_model=ItemRead)
+@inject
+async def create_item_for_user(
+    user_id: int, item_in: ItemCreate, session: WriteSession, items: Items
+) -> Item:
+    """Create an item owned by the user; 404 if there is no such user."""
+    item = await items.create_for_user(session, user_id, item_in)
+    if item is None:
+        raise HTTPException(status_code=404, detail="User not found")
+    return item

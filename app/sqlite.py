@@ -1,0 +1,86 @@
+"""SQLite connection setup: connect-time pragmas and explicit transaction control."""
+
+import os
+from typing import Any
+
+from sqlalchemy import Connection, Engine, event
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.pool import ConnectionPoolEntry
+
+__all__ = [
+    "BEGIN_MODE",
+    "check_database_folder",
+    "install_hooks",
+    "is_memory",
+    "is_sqlite",
+    "shared_memory_url",
+]
+
+BEGIN_MODE = "sqlite_begin"
+"""Execution option naming the BEGIN flavour: "IMMEDIATE" (the default) or "DEFERRED"."""
+_BEGIN_MODES = ("IMMEDIATE", "DEFERRED", "EXCLUSIVE")
+
+
+def is_sqlite(url: str | URL) -> bool:
+    return make_url(url).get_backend_name() == "sqlite"
+
+
+def is_memory(url: str | URL) -> bool:
+    u = make_url(url)
+    database = u.database or ""
+    return database in ("", ":memory:") or "mode=memory" in database or (
+        u.query.get("mode") == "memory"
+    )
+
+
+def check_database_folder(url: str | URL) -> None:
+    """Raise a clear error now instead of "unable to open database file" at first query."""
+    u = make_url(url)
+    if is_memory(u) or not u.database or u.database.startswith("file:"):
+        return
+    folder = os.path.dirname(os.path.abspath(u.database))
+    if not os.path.isdir(folder):
+        raise ValueError(f"SQLite database folder does not exist: {folder} (from {u!r})")
+
+
+def install_hooks(engine: Engine, *, busy_timeout_ms: int, synchronous: str) -> None:
+    """Apply the SQLite invariants to every connection ``engine`` opens.
+
+    The driver's own transaction handling is switched off so that SQLAlchemy's "begin"
+    event can emit ``BEGIN IMMEDIATE``: a transaction that reads and later writes then
+    holds the write lock from the start, and waits on ``busy_timeout`` instead of failing
+    with "database is locked" when it would have to upgrade a stale WAL snapshot.
+    """
+
+    @event.listens_for(engine, "do_connect")
+    def _connect_args(
+        dialect: Any, conn_rec: ConnectionPoolEntry, cargs: Any, cparams: dict[str, Any]
+    ) -> None:
+        cparams["check_same_thread"] = False
+        cparams["timeout"] = busy_timeout_ms / 1000
+
+    @event.listens_for(engine, "connect")
+    def _pragmas(dbapi_connection: Any, conn_rec: ConnectionPoolEntry) -> None:
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+            cursor.execute("PRAGMA journal_mode = WAL")
+            cursor.execute(f"PRAGMA synchronous = {synchronous}")
+            cursor.execute("PRAGMA foreign_keys = ON")
+        finally:
+            cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn: Connection) -> None:
+        mode = conn.get_execution_options().get(BEGIN_MODE, "IMMEDIATE")
+        if mode not in _BEGIN_MODES:
+            raise ValueError(f"{BEGIN_MODE} must be one of {_BEGIN_MODES}, got {mode!r}")
+        conn.exec_driver_sql(f"BEGIN {mode}")
+
+
+
+def shared_memory_url(url: str | URL) -> str:
+    """One named in-memory database per process, shared by the sync and async engines."""
+    u = make_url(url)
+    return f"{u.drivername}:///file:app-memory-{os.getpid()}?mode=memory&cache=shared&uri=true"

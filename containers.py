@@ -1,0 +1,100 @@
+"""The composition root: the only place that builds engines, session factories and services."""
+
+from typing import Any
+
+from dependency_injector import containers, providers
+from pwdlib import PasswordHash
+from sqlalchemy import Engine, create_engine
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
+from sqlalchemy.orm import Session
+from sqlalchemy.pool import AsyncAdaptedQueuePool, QueuePool, StaticPool
+
+from app import sqlite
+from app.config import Settings, async_url, settings
+from app.services import ItemService, UserService
+
+__all__ = ["Container", "build_async_engine", "build_engine", "container", "dispose_engines"]
+
+
+def _sync_url(s: Settings) -> str:
+    scheme, _, rest = s.DATABASE_URL.partition("://")
+    return f"postgresql+psycopg://{rest}" if scheme == "postgresql" else s.DATABASE_URL
+
+
+def _engine_options(url: str, s: Settings, *, is_async: bool) -> tuple[str, dict[str, Any]]:
+    if not sqlite.is_sqlite(url):
+        return url, {
+            "pool_size": s.DB_POOL_SIZE,
+            "max_overflow": s.DB_MAX_OVERFLOW,
+            "pool_timeout": s.DB_QUEUE_TIMEOUT,
+            "pool_pre_ping": s.DB_POOL_PRE_PING,
+            "pool_recycle": s.DB_POOL_RECYCLE,
+        }
+    if sqlite.is_memory(url):
+        return sqlite.shared_memory_url(url), {"poolclass": StaticPool}
+    sqlite.check_database_folder(url)
+    if is_async:
+        # The async engine is SQLite's writer: one connection per process, so writers
+        # queue fairly (FIFO, bounded by DB_QUEUE_TIMEOUT) before they reach SQLite.
+        return url, {
+            "poolclass": AsyncAdaptedQueuePool,
+            "pool_size": 1,
+            "max_overflow": 0,
+            "pool_timeout": s.DB_QUEUE_TIMEOUT,
+        }
+    return url, {
+        "poolclass": QueuePool,
+        "pool_size": s.DB_POOL_SIZE,
+        "max_overflow": s.DB_MAX_OVERFLOW,
+        "pool_timeout": s.DB_QUEUE_TIMEOUT,
+    }
+
+
+def _install_sqlite_hooks(engine: Engine, s: Settings) -> None:
+    if engine.dialect.name == "sqlite":
+        sqlite.install_hooks(
+            engine, busy_timeout_ms=s.SQLITE_BUSY_TIMEOUT_MS, synchronous=s.SQLITE_SYNCHRONOUS
+        )
+
+
+def build_engine(s: Settings) -> Engine:
+    url, options = _engine_options(_sync_url(s), s, is_async=False)
+    engine = create_engine(url, echo=s.ECHO_SQL, **options)
+    _install_sqlite_hooks(engine, s)
+    return engine
+
+
+def build_async_engine(s: Settings) -> AsyncEngine:
+    url, options = _engine_options(async_url(s), s, is_async=True)
+    engine = create_async_engine(url, echo=s.ECHO_SQL, **options)
+    _install_sqlite_hooks(engine.sync_engine, s)
+    return engine
+
+
+class Container(containers.DeclarativeContainer):
+    """Settings flow into engine singletons, session factories and services."""
+
+    settings = providers.Object(settings)
+
+    engine = providers.ThreadSafeSingleton(build_engine, settings)
+    async_engine = providers.ThreadSafeSingleton(build_async_engine, settings)
+
+    session = providers.Factory(Session, bind=engine, expire_on_commit=False)
+    async_session = providers.Factory(AsyncSession, bind=async_engine, expire_on_commit=False)
+
+    password_hasher = providers.Singleton(PasswordHash.recommended)
+    user_service = providers.Factory(UserService, hasher=password_hasher)
+    item_service = providers.Factory(ItemService)
+
+
+container = Container()
+
+
+async def dispose_engines(c: Container = container) -> None:
+    """Close the pools of the container's own engines; overrides belong to whoever set them."""
+    if not c.async_engine.overridden:
+        await c.async_engine().dispose()
+        c.async_engine.reset()
+    if not c.engine.overridden:
+        c.engine().dispose()
+        c.engine.reset()

@@ -1,0 +1,86 @@
+"""Every test gets its own database by overriding the container's providers.
+
+The backend is SQLite (a temporary file) unless ``TEST_DATABASE_URL`` names a PostgreSQL
+server, in which case each test gets a fresh database on it, dropped afterwards.
+"""
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import Engine, create_engine, make_url, text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app.config import Settings
+from app.database import ensure_database_schema
+from containers import build_async_engine, build_engine, container
+
+SERVER_URL = os.environ.get("TEST_DATABASE_URL", "")
+BACKEND = "postgresql" if SERVER_URL.startswith("postgresql") else "sqlite"
+
+
+def pytest_report_header() -> str:
+    return f"database backend: {BACKEND}"
+
+
+@pytest.fixture
+def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A database of the selected backend that exists only for this test."""
+    if BACKEND == "sqlite":
+        yield f"sqlite:///{tmp_path_factory.mktemp('db') / 'test.db'}"
+        return
+    name = f"test_{uuid.uuid4().hex[:16]}"
+    admin = create_engine(make_url(SERVER_URL), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield make_url(SERVER_URL).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture
+def settings(database_url: str) -> Settings:
+    return Settings(DATABASE_URL=database_url, DB_QUEUE_TIMEOUT=10)
+
+
+@pytest.fixture
+async def engines(settings: Settings) -> AsyncIterator[tuple[Engine, AsyncEngine]]:
+    """Point the container at this test's database, and back again afterwards."""
+    engine, async_engine = build_engine(settings), build_async_engine(settings)
+    with (
+        container.settings.override(settings),
+        container.engine.override(engine),
+        container.async_engine.override(async_engine),
+    ):
+        yield engine, async_engine
+    await async_engine.dispose()
+    engine.dispose()
+
+
+@pytest.fixture
+def engine(engines: tuple[Engine, AsyncEngine]) -> Engine:
+    return engines[0]
+
+
+@pytest.fixture
+def async_engine(engines: tuple[Engine, AsyncEngine]) -> AsyncEngine:
+    return engines[1]
+
+
+@pytest.fixture
+def schema(engine: Engine) -> Engine:
+    ensure_database_schema()
+    return engine
+
+
+@pytest.fixture
+def client(schema: Engine) -> Iterator[TestClient]:
+    from app.main import app
+
+    with TestClient(app) as test_client:
+        yield test_client
