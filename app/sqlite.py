@@ -28,8 +28,10 @@ def is_sqlite(url: str | URL) -> bool:
 def is_memory(url: str | URL) -> bool:
     u = make_url(url)
     database = u.database or ""
-    return database in ("", ":memory:") or "mode=memory" in database or (
-        u.query.get("mode") == "memory"
+    return (
+        database in ("", ":memory:")
+        or "mode=memory" in database
+        or (u.query.get("mode") == "memory")
     )
 
 
@@ -77,7 +79,6 @@ def install_hooks(engine: Engine, *, busy_timeout_ms: int, synchronous: str) -> 
         if mode not in _BEGIN_MODES:
             raise ValueError(f"{BEGIN_MODE} must be one of {_BEGIN_MODES}, got {mode!r}")
         conn.exec_driver_sql(f"BEGIN {mode}")
-
 
 
 def shared_memory_url(url: str | URL) -> str:

@@ -28,7 +28,9 @@ async def create_user(user_in: UserCreate, session: WriteSession, users: Users) 
 
 @router.get("/", response_model=list[UserRead])
 @inject
-def read_users(session: ReadSession, users: Users, skip: Skip = 0, limit: Limit = 100) -> Sequence[User]:
+def read_users(
+    session: ReadSession, users: Users, skip: Skip = 0, limit: Limit = 100
+) -> Sequence[User]:
     """List users with their items, oldest first."""
     return users.list(session, skip=skip, limit=limit)
 
