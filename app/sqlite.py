@@ -5,6 +5,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, event
 from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
 from sqlalchemy.pool import ConnectionPoolEntry
 
 __all__ = [
@@ -36,13 +37,17 @@ def is_memory(url: str | URL) -> bool:
 
 
 def check_database_folder(url: str | URL) -> None:
-    """Raise a clear error now instead of "unable to open database file" at first query."""
+    """Raise a clear error now instead of "unable to open database file" at first query.
+
+    An ``ArgumentError`` (a ``SQLAlchemyError``) so callers that handle an unusable database
+    (``ensure_database_schema``, ``app init-db``) handle this one too.
+    """
     u = make_url(url)
     if is_memory(u) or not u.database or u.database.startswith("file:"):
         return
     folder = os.path.dirname(os.path.abspath(u.database))
     if not os.path.isdir(folder):
-        raise ValueError(f"SQLite database folder does not exist: {folder} (from {u!r})")
+        raise ArgumentError(f"SQLite database folder does not exist: {folder} (from {u!r})")
 
 
 def install_hooks(engine: Engine, *, busy_timeout_ms: int, synchronous: str) -> None:

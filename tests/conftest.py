@@ -10,6 +10,8 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 from fastapi.testclient import TestClient
+from pwdlib import PasswordHash
+from pwdlib.hashers.argon2 import Argon2Hasher
 from sqlalchemy import Engine, create_engine, make_url, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -25,22 +27,45 @@ def pytest_report_header() -> str:
     return f"database backend: {BACKEND}"
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _light_password_hashing() -> Iterator[None]:
+    """Real Argon2id at a test-sized cost: the production cost (64 MiB) dominates test time."""
+    light = PasswordHash((Argon2Hasher(time_cost=1, memory_cost=1024, parallelism=1),))
+    with container.password_hasher.override(light):
+        yield
+
+
+@pytest.fixture(scope="session")
+def _server_admin() -> Iterator[Engine]:
+    """One superuser connection pool for the whole run: it creates and drops test databases."""
+    admin = create_engine(
+        make_url(SERVER_URL).set(drivername="postgresql+psycopg"), isolation_level="AUTOCOMMIT"
+    )
+    yield admin
+    admin.dispose()
+
+
 @pytest.fixture
-def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def database_url(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
     """A database of the selected backend that exists only for this test."""
     if BACKEND == "sqlite":
         yield f"sqlite:///{tmp_path_factory.mktemp('db') / 'test.db'}"
         return
+    admin: Engine = request.getfixturevalue("_server_admin")
     name = f"test_{uuid.uuid4().hex[:16]}"
-    admin = create_engine(make_url(SERVER_URL), isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
+        # FILE_COPY copies the small template's files: ~5x faster than PostgreSQL 15's
+        # default WAL_LOG strategy, which writes every page of the template to the WAL.
+        version = conn.dialect.server_version_info or (0,)
+        strategy = " STRATEGY FILE_COPY" if version >= (15,) else ""
+        conn.execute(text(f'CREATE DATABASE "{name}"{strategy}'))
     try:
         yield make_url(SERVER_URL).set(database=name).render_as_string(hide_password=False)
     finally:
         with admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 @pytest.fixture

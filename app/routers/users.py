@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, HTTPException
 
 from app.deps import ReadSession, WriteSession
 from app.models import Item, User
-from app.routers.paging import Limit, Skip
+from app.routers.paging import Id, Limit, Skip
 from app.schemas import ItemCreate, ItemRead, UserCreate, UserRead
 from app.services import ItemService, UserService
 from containers import Container
@@ -37,7 +37,7 @@ def read_users(
 
 @router.get("/{user_id}", response_model=UserRead)
 @inject
-def read_user(user_id: int, session: ReadSession, users: Users) -> User:
+def read_user(user_id: Id, session: ReadSession, users: Users) -> User:
     """Fetch one user with their items."""
     user = users.get(session, user_id)
     if user is None:
@@ -48,7 +48,7 @@ def read_user(user_id: int, session: ReadSession, users: Users) -> User:
 @router.post("/{user_id}/items/", response_model=ItemRead)
 @inject
 async def create_item_for_user(
-    user_id: int, item_in: ItemCreate, session: WriteSession, items: Items
+    user_id: Id, item_in: ItemCreate, session: WriteSession, items: Items
 ) -> Item:
     """Create an item owned by the user; 404 if there is no such user."""
     item = await items.create_for_user(session, user_id, item_in)

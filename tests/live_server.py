@@ -1,0 +1,222 @@
+"""A real uvicorn server in a subprocess, for tests that need real sockets and processes.
+
+    with LiveServer({"DATABASE_URL": f"sqlite:///{tmp_path}/app.db"}, workers=2) as server:
+        httpx.get(f"{server.url}/users/")
+        server.worker_pids()  # the two worker processes
+        server.log_text()
+
+The server runs ``python -m uvicorn app.main:app`` from the project root on a free
+127.0.0.1 port, in its own process group, with stdout and stderr captured in ``log_path``
+(a temporary file removed by ``stop()`` unless you pass one; ``log_text()`` keeps working).
+Construction returns once ``/health`` answers 200 and every worker reported startup;
+``stop()`` (or leaving the ``with`` block) terminates the server and every process of its
+group. Every wait is bounded.
+"""
+
+import contextlib
+import http.client
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import TracebackType
+
+__all__ = ["PROJECT_ROOT", "LiveServer", "LiveServerError", "free_port"]
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+_STARTED = "Application startup complete."
+_PORT_ATTEMPTS = 3
+
+
+class LiveServerError(RuntimeError):
+    """The server did not start (the message carries the tail of its log)."""
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _spawned_children(pid: int) -> list[int]:
+    """Children of ``pid`` started by multiprocessing's spawn (not its resource tracker)."""
+    children = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        # The command name (field 2) may contain spaces; the fields after its ")" are fixed.
+        parent = int(stat[stat.rfind(")") + 2 :].split()[1])
+        if parent == pid and b"spawn_main" in cmdline:
+            children.append(int(entry.name))
+    return sorted(children)
+
+
+class LiveServer:
+    """``uvicorn app.main:app --workers N`` with ``env`` on top of this process's environment."""
+
+    def __init__(
+        self,
+        env: dict[str, str],
+        workers: int = 1,
+        *,
+        startup_timeout: float = 60.0,
+        log_path: Path | None = None,
+        extra_args: tuple[str, ...] = (),
+    ) -> None:
+        self.workers = workers
+        self._own_log = log_path is None
+        if log_path is None:
+            fd, name = tempfile.mkstemp(prefix="live-server-", suffix=".log")
+            os.close(fd)
+            log_path = Path(name)
+        self.log_path = log_path
+        self._final_log: str | None = None
+        self._env = {**os.environ, "PYTHONUNBUFFERED": "1", **env}
+        self._extra_args = extra_args
+        self._process: subprocess.Popen[bytes] | None = None
+        self._returncode: int | None = None
+        for attempt in range(_PORT_ATTEMPTS):
+            self.port = free_port()
+            self._start()
+            try:
+                self._wait_until_ready(startup_timeout)
+                return
+            except LiveServerError:
+                self._terminate(timeout=20.0)
+                # Another process may have taken the port between probe and bind: retry.
+                if "address already in use" not in self.log_text() or (
+                    attempt == _PORT_ATTEMPTS - 1
+                ):
+                    self.stop()
+                    raise
+
+    @property
+    def host(self) -> str:
+        return "127.0.0.1"
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        """The uvicorn process (the supervisor when ``workers > 1``)."""
+        assert self._process is not None
+        return self._process.pid
+
+    def worker_pids(self) -> list[int]:
+        """The processes serving requests: the supervisor's children, or the server itself."""
+        if self.workers == 1:
+            return [self.pid]
+        return _spawned_children(self.pid)
+
+    def log_text(self) -> str:
+        """Everything the server printed so far (also after ``stop()``)."""
+        if self._final_log is not None:
+            return self._final_log
+        return self.log_path.read_text(errors="replace")
+
+    def is_running(self) -> bool:
+        return self._process is not None and not self._exited()
+
+    def stop(self, timeout: float = 20.0) -> int | None:
+        """Terminate gracefully (SIGTERM), then kill what is left; the exit code. Idempotent."""
+        if self._final_log is None:
+            self._terminate(timeout)
+            self._final_log = self.log_text()
+            if self._own_log:
+                self.log_path.unlink(missing_ok=True)
+        return self._returncode
+
+    def _exited(self) -> bool:
+        """Whether uvicorn exited, without reaping it: its pid (our group id) stays reserved."""
+        assert self._process is not None
+        if self._process.returncode is not None:
+            return True
+        flags = os.WEXITED | os.WNOHANG | os.WNOWAIT
+        return os.waitid(os.P_PID, self._process.pid, flags) is not None
+
+    def _terminate(self, timeout: float) -> None:
+        process = self._process
+        if process is None or process.returncode is not None:
+            return
+        if not self._exited():
+            process.send_signal(signal.SIGTERM)
+            deadline = time.monotonic() + timeout
+            while not self._exited() and time.monotonic() < deadline:
+                time.sleep(0.05)
+        # Workers the supervisor did not reap must not outlive the test. Until the wait()
+        # below reaps uvicorn, no other process can own this group id.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        self._returncode = process.wait(timeout)
+
+    def __enter__(self) -> "LiveServer":
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def _start(self) -> None:
+        command = [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "app.main:app",
+            "--host",
+            self.host,
+            "--port",
+            str(self.port),
+            "--workers",
+            str(self.workers),
+            *self._extra_args,
+        ]
+        with self.log_path.open("wb") as log:
+            self._process = subprocess.Popen(
+                command,
+                cwd=PROJECT_ROOT,
+                env=self._env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    def _wait_until_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.is_running():
+                raise LiveServerError(f"uvicorn exited during startup:\n{self._log_tail()}")
+            if self._healthy() and self.log_text().count(_STARTED) >= self.workers:
+                return
+            time.sleep(0.1)
+        raise LiveServerError(f"uvicorn not ready after {timeout:g}s:\n{self._log_tail()}")
+
+    def _healthy(self) -> bool:
+        connection = http.client.HTTPConnection(self.host, self.port, timeout=5)
+        try:
+            connection.request("GET", "/health")
+            return connection.getresponse().status == 200
+        except OSError:
+            return False
+        finally:
+            connection.close()
+
+    def _log_tail(self, lines: int = 40) -> str:
+        return "\n".join(self.log_text().splitlines()[-lines:])

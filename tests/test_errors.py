@@ -1,0 +1,243 @@
+"""Errors: 503 for an unusable database, 500 without internals, no half-committed request."""
+
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+from dependency_injector import providers
+from fastapi.testclient import TestClient
+from sqlalchemy import Engine, create_engine, func, select
+from sqlalchemy.exc import (
+    DisconnectionError,
+    IntegrityError,
+    InterfaceError,
+    OperationalError,
+)
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
+from sqlalchemy.orm import Session
+
+from app.config import Settings
+from app.database import SessionLocal
+from app.deps import DatabaseBusyError
+from app.main import app
+from app.models import Item, User
+from app.schemas import ItemCreate, UserCreate
+from app.services import ItemService, UserService
+from containers import container
+from tests.live_server import free_port
+
+SECRET = "s3cret-pa55word"
+UNAVAILABLE = {"detail": "Database is busy or unavailable, please retry"}
+
+REQUESTS: list[tuple[str, str, dict[str, Any] | None]] = [
+    ("GET", "/users/", None),
+    ("GET", "/users/1", None),
+    ("GET", "/items/", None),
+    ("GET", "/health", None),
+    ("POST", "/users/", {"email": "alice@example.com", "password": SECRET}),
+    ("POST", "/users/1/items/", {"title": "Pen"}),
+]
+
+
+def count(model: type[User] | type[Item]) -> int:
+    with SessionLocal() as session:
+        return session.scalar(select(func.count()).select_from(model)) or 0
+
+
+def assert_no_internals(text: str) -> None:
+    for leak in ("Traceback", "sqlalchemy", "sqlite", "psycopg", SECRET, "boom"):
+        assert leak not in text
+
+
+@pytest.fixture
+def quiet_client(schema: Engine) -> Iterator[TestClient]:
+    """A client that answers like a real server instead of re-raising server errors."""
+    with TestClient(app, raise_server_exceptions=False) as client:
+        yield client
+
+
+def unreachable_sqlite(tmp_path: Path) -> tuple[Engine, AsyncEngine]:
+    path = tmp_path / "no-such-folder" / "app.db"
+    return create_engine(f"sqlite:///{path}"), create_async_engine(f"sqlite+aiosqlite:///{path}")
+
+
+def closed_postgresql_port(tmp_path: Path) -> tuple[Engine, AsyncEngine]:
+    url = f"postgresql+psycopg://app:{SECRET}@127.0.0.1:{free_port()}/app"
+    options: dict[str, Any] = {"connect_args": {"connect_timeout": 3}}
+    return create_engine(url, **options), create_async_engine(url, **options)
+
+
+@pytest.fixture(params=[unreachable_sqlite, closed_postgresql_port])
+async def unreachable(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[tuple[Engine, AsyncEngine]]:
+    build: Callable[[Path], tuple[Engine, AsyncEngine]] = request.param
+    engine, async_engine = build(tmp_path)
+    yield engine, async_engine
+    await async_engine.dispose()
+    engine.dispose()
+
+
+@pytest.mark.parametrize(("method", "path", "body"), REQUESTS)
+def test_an_unreachable_database_is_503_with_retry_after(
+    client: TestClient,
+    unreachable: tuple[Engine, AsyncEngine],
+    method: str,
+    path: str,
+    body: dict[str, Any] | None,
+) -> None:
+    engine, async_engine = unreachable
+    with container.engine.override(engine), container.async_engine.override(async_engine):
+        response = client.request(method, path, json=body)
+    assert response.status_code == 503
+    assert response.headers["content-type"] == "application/json"
+    assert response.json() == UNAVAILABLE
+    assert int(response.headers["retry-after"]) >= 1
+    assert_no_internals(response.text)
+    assert client.get("/health").status_code == 200  # the override is gone: healthy again
+
+
+class FailingUserService(UserService):
+    """Fails after the user row was flushed: the transaction must not commit it."""
+
+    async def create(self, session: AsyncSession, user_in: UserCreate) -> User:
+        await super().create(session, user_in)
+        raise RuntimeError("boom after the flush")
+
+
+class OrphanItemUserService(UserService):
+    """Flushes the user, then an item whose owner does not exist: an IntegrityError."""
+
+    async def create(self, session: AsyncSession, user_in: UserCreate) -> User:
+        user = await super().create(session, user_in)
+        session.add(Item(title="orphan", owner_id=user.id + 1000))
+        await session.flush()
+        return user
+
+
+class FailingItemService(ItemService):
+    async def create_for_user(
+        self, session: AsyncSession, user_id: int, item_in: ItemCreate
+    ) -> Item | None:
+        await super().create_for_user(session, user_id, item_in)
+        raise RuntimeError("boom after the flush")
+
+
+def test_an_unexpected_error_is_500_json_without_internals(quiet_client: TestClient) -> None:
+    service = FailingUserService(container.password_hasher())
+    with container.user_service.override(providers.Object(service)):
+        response = quiet_client.post(
+            "/users/", json={"email": "alice@example.com", "password": SECRET}
+        )
+    assert response.status_code == 500
+    assert response.json() == {"detail": "Internal Server Error"}
+    assert_no_internals(response.text)
+    assert count(User) == 0
+
+
+def test_an_integrity_error_is_409_and_commits_nothing(quiet_client: TestClient) -> None:
+    service = OrphanItemUserService(container.password_hasher())
+    with container.user_service.override(providers.Object(service)):
+        response = quiet_client.post(
+            "/users/", json={"email": "alice@example.com", "password": SECRET}
+        )
+    assert response.status_code == 409
+    assert response.json() == {"detail": "Request conflicts with existing data"}
+    assert_no_internals(response.text)
+    assert (count(User), count(Item)) == (0, 0)
+
+
+def test_a_failed_item_write_commits_nothing(quiet_client: TestClient) -> None:
+    owner = quiet_client.post("/users/", json={"email": "a@example.com", "password": "x"}).json()
+    with container.item_service.override(providers.Object(FailingItemService())):
+        response = quiet_client.post(f"/users/{owner['id']}/items/", json={"title": "Pen"})
+    assert response.status_code == 500
+    assert count(Item) == 0
+    assert (
+        quiet_client.post(f"/users/{owner['id']}/items/", json={"title": "Pen"}).json()["title"]
+        == "Pen"
+    )
+    assert count(Item) == 1
+
+
+class RaisingReads(UserService):
+    def __init__(self, error: Exception) -> None:
+        super().__init__(container.password_hasher())
+        self.error = error
+
+    def list(self, session: Session, *, skip: int, limit: int) -> Sequence[User]:
+        raise self.error
+
+
+@pytest.mark.parametrize(
+    ("error", "status"),
+    [
+        (OperationalError("SELECT", {}, Exception("database is locked")), 503),
+        (InterfaceError("SELECT", {}, Exception("connection already closed")), 503),
+        (PoolTimeoutError("QueuePool limit of size 5 overflow 10 reached"), 503),
+        (DisconnectionError("server closed the connection"), 503),
+        (DatabaseBusyError("no database connection free within 5s"), 503),
+        (IntegrityError("INSERT", {}, Exception("UNIQUE constraint failed")), 409),
+        (RuntimeError("boom"), 500),
+        (KeyError("boom"), 500),
+    ],
+)
+def test_the_exception_mapping(quiet_client: TestClient, error: Exception, status: int) -> None:
+    with container.user_service.override(providers.Object(RaisingReads(error))):
+        response = quiet_client.get("/users/")
+    assert response.status_code == status
+    assert set(response.json()) == {"detail"}
+    assert isinstance(response.json()["detail"], str)
+    assert ("retry-after" in response.headers) == (status == 503)
+    assert_no_internals(response.text)
+
+
+class BlockingReads(UserService):
+    """Holds its connection until released, like a slow query."""
+
+    def __init__(self) -> None:
+        super().__init__(container.password_hasher())
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def list(self, session: Session, *, skip: int, limit: int) -> Sequence[User]:
+        self.entered.set()
+        self.release.wait(timeout=30)
+        return super().list(session, skip=skip, limit=limit)
+
+
+class TestBusyGate:
+    @pytest.fixture
+    def settings(self, database_url: str) -> Settings:
+        return Settings(
+            DATABASE_URL=database_url, DB_POOL_SIZE=1, DB_MAX_OVERFLOW=0, DB_QUEUE_TIMEOUT=0.3
+        )
+
+    def test_a_request_that_waits_too_long_for_a_connection_is_503(
+        self, client: TestClient
+    ) -> None:
+        blocking = BlockingReads()
+        statuses: list[int] = []
+
+        def hold() -> None:
+            statuses.append(client.get("/users/").status_code)
+
+        with container.user_service.override(providers.Object(blocking)):
+            holder = threading.Thread(target=hold)
+            holder.start()
+            assert blocking.entered.wait(timeout=30)
+            started = time.monotonic()
+            response = client.get("/items/")
+            waited = time.monotonic() - started
+            blocking.release.set()
+            holder.join(timeout=30)
+        assert response.status_code == 503
+        assert response.json() == UNAVAILABLE
+        assert response.headers["retry-after"] == "1"
+        assert 0.3 <= waited < 10
+        assert statuses == [200]
+        assert client.get("/items/").status_code == 200

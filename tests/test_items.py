@@ -1,0 +1,139 @@
+"""/users/{id}/items/ and /items/: the HTTP contract of DESIGN.md."""
+
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import func, select
+
+from app.database import SessionLocal
+from app.models import Item
+
+ITEM_KEYS = {"id", "title", "description", "owner_id"}
+
+
+def create_user(client: TestClient, email: str) -> int:
+    response = client.post("/users/", json={"email": email, "password": "secret"})
+    assert response.status_code == 200, response.text
+    user_id: int = response.json()["id"]
+    return user_id
+
+
+def create_item(client: TestClient, user_id: int, **body: Any) -> dict[str, Any]:
+    response = client.post(f"/users/{user_id}/items/", json=body)
+    assert response.status_code == 200, response.text
+    item: dict[str, Any] = response.json()
+    return item
+
+
+def count_items() -> int:
+    with SessionLocal() as session:
+        return session.scalar(select(func.count()).select_from(Item)) or 0
+
+
+def test_create_item_returns_the_item(client: TestClient) -> None:
+    owner = create_user(client, "alice@example.com")
+    response = client.post(
+        f"/users/{owner}/items/", json={"title": "Pen", "description": "Blue ink"}
+    )
+    assert response.status_code == 200
+    item = response.json()
+    assert set(item) == ITEM_KEYS
+    assert isinstance(item["id"], int)
+    assert item == {"id": item["id"], "title": "Pen", "description": "Blue ink", "owner_id": owner}
+    assert client.get(f"/users/{owner}").json()["items"] == [item]
+
+
+def test_description_is_optional(client: TestClient) -> None:
+    owner = create_user(client, "alice@example.com")
+    assert create_item(client, owner, title="Pen")["description"] is None
+    assert create_item(client, owner, title="Cap", description=None)["description"] is None
+
+
+def test_title_is_stripped_and_bounded(client: TestClient) -> None:
+    owner = create_user(client, "alice@example.com")
+    assert create_item(client, owner, title="  Pen \t")["title"] == "Pen"
+    assert create_item(client, owner, title="x" * 200)["title"] == "x" * 200
+
+
+@pytest.mark.parametrize("user_id", [999, 0, -1, 2**31 - 1])
+def test_create_item_for_a_missing_user_is_404(client: TestClient, user_id: int) -> None:
+    create_user(client, "alice@example.com")
+    response = client.post(f"/users/{user_id}/items/", json={"title": "Pen"})
+    assert response.status_code == 404
+    assert response.json() == {"detail": "User not found"}
+    assert count_items() == 0
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"title": ""},
+        {"title": "   "},
+        {"title": "\t\n"},
+        {"title": "x" * 201},
+        {"title": None},
+        {"description": "no title"},
+        {"title": "Pen", "description": "x" * 2001},
+        {"title": ["Pen"]},
+        {},
+    ],
+)
+def test_invalid_item_bodies_are_422(client: TestClient, body: dict[str, Any]) -> None:
+    owner = create_user(client, "alice@example.com")
+    response = client.post(f"/users/{owner}/items/", json=body)
+    assert response.status_code == 422
+    assert isinstance(response.json()["detail"], list)
+    assert count_items() == 0
+
+
+@pytest.mark.parametrize("user_id", ["alice", str(-(2**31) - 1), str(2**31)])
+def test_create_item_with_an_invalid_user_id_is_422(client: TestClient, user_id: str) -> None:
+    response = client.post(f"/users/{user_id}/items/", json={"title": "Pen"})
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["loc"] == ["path", "user_id"]
+    assert count_items() == 0
+
+
+def test_list_items_of_every_owner_in_creation_order(client: TestClient) -> None:
+    alice, bob = create_user(client, "alice@example.com"), create_user(client, "bob@example.com")
+    created = [
+        create_item(client, owner, title=f"item {n}") for n, owner in enumerate([alice, bob, alice])
+    ]
+    response = client.get("/items/")
+    assert response.status_code == 200
+    assert response.json() == created
+    assert [i["owner_id"] for i in response.json()] == [alice, bob, alice]
+
+
+def test_list_items_paginates_stably(client: TestClient) -> None:
+    owner = create_user(client, "alice@example.com")
+    ids = [create_item(client, owner, title=f"item {n}")["id"] for n in range(7)]
+    assert ids == sorted(ids)
+    pages = [
+        [i["id"] for i in client.get("/items/", params={"skip": skip, "limit": 3}).json()]
+        for skip in (0, 3, 6, 9)
+    ]
+    assert pages == [ids[0:3], ids[3:6], ids[6:7], []]
+    assert [i["id"] for i in client.get("/items/").json()] == ids
+
+
+def test_list_items_of_an_empty_database(client: TestClient) -> None:
+    response = client.get("/items/")
+    assert response.status_code == 200
+    assert response.json() == []
+
+
+@pytest.mark.parametrize("query", ["skip=-1", "limit=0", "limit=1001", "limit=x", f"skip={2**63}"])
+def test_list_items_rejects_bad_bounds(client: TestClient, query: str) -> None:
+    response = client.get(f"/items/?{query}")
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["loc"][0] == "query"
+
+
+def test_list_items_accepts_limit_1000(client: TestClient) -> None:
+    owner = create_user(client, "alice@example.com")
+    create_item(client, owner, title="Pen")
+    response = client.get("/items/?limit=1000&skip=0")
+    assert response.status_code == 200
+    assert len(response.json()) == 1

@@ -1,0 +1,60 @@
+"""The live-server helper that real-server tests rely on."""
+
+import http.client
+from pathlib import Path
+
+import pytest
+
+from tests.live_server import LiveServer, LiveServerError
+
+
+def get(server: LiveServer, path: str) -> tuple[int, bytes]:
+    connection = http.client.HTTPConnection(server.host, server.port, timeout=10)
+    try:
+        connection.request("GET", path)
+        response = connection.getresponse()
+        return response.status, response.read()
+    finally:
+        connection.close()
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split(") ")[1][0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_workers_serve_and_stop_with_the_server(tmp_path: Path) -> None:
+    env = {"DATABASE_URL": f"sqlite:///{tmp_path / 'app.db'}"}
+    with LiveServer(env, workers=2) as server:
+        assert server.url == f"http://127.0.0.1:{server.port}"
+        assert get(server, "/users/") == (200, b"[]")
+        workers = server.worker_pids()
+        assert len(workers) == 2
+        assert server.pid not in workers
+        assert all(alive(pid) for pid in [server.pid, *workers])
+        assert server.log_text().count("Application startup complete.") == 2
+    assert not server.is_running()
+    assert not any(alive(pid) for pid in [server.pid, *workers])
+    assert "GET /users/ HTTP/1.1" in server.log_text()
+    assert server.stop() == server.stop()
+
+
+def test_a_single_worker_is_the_server_itself(tmp_path: Path) -> None:
+    log = tmp_path / "server.log"
+    server = LiveServer({"DATABASE_URL": f"sqlite:///{tmp_path / 'app.db'}"}, log_path=log)
+    try:
+        assert server.worker_pids() == [server.pid]
+        assert get(server, "/health")[0] == 200
+    finally:
+        server.stop()
+    assert not alive(server.pid)
+    assert "Application shutdown complete." in log.read_text()
+
+
+def test_a_server_that_cannot_start_reports_its_log(tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-folder"
+    with pytest.raises(LiveServerError, match="no-such-folder"):
+        LiveServer({"DATABASE_URL": f"sqlite:///{missing}/app.db"}, startup_timeout=60)
