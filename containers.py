@@ -1,10 +1,11 @@
 """The composition root: the only place that builds engines, session factories and services."""
 
+import math
 from typing import Any
 
 from dependency_injector import containers, providers
 from pwdlib import PasswordHash
-from sqlalchemy import Engine, create_engine
+from sqlalchemy import Engine, create_engine, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import AsyncAdaptedQueuePool, QueuePool, StaticPool
@@ -16,20 +17,33 @@ from app.services import ItemService, UserService
 __all__ = ["Container", "build_async_engine", "build_engine", "container", "dispose_engines"]
 
 
+_LIBPQ_DRIVERS = ("psycopg", "psycopg_async", "psycopg2")
+
+
 def _sync_url(s: Settings) -> str:
     scheme, _, rest = s.DATABASE_URL.partition("://")
     return f"postgresql+psycopg://{rest}" if scheme == "postgresql" else s.DATABASE_URL
 
 
+def _server_options(url: str, s: Settings) -> dict[str, Any]:
+    options: dict[str, Any] = {
+        "pool_size": s.DB_POOL_SIZE,
+        "max_overflow": s.DB_MAX_OVERFLOW,
+        "pool_timeout": s.DB_QUEUE_TIMEOUT,
+        "pool_pre_ping": s.DB_POOL_PRE_PING,
+        "pool_recycle": s.DB_POOL_RECYCLE,
+    }
+    u = make_url(url)
+    if u.get_driver_name() in _LIBPQ_DRIVERS and "connect_timeout" not in u.query:
+        # libpq waits for a server that does not answer as long as the OS lets it (minutes
+        # or forever): give up after about DB_QUEUE_TIMEOUT so the request gets its 503.
+        options["connect_args"] = {"connect_timeout": math.ceil(s.DB_QUEUE_TIMEOUT)}
+    return options
+
+
 def _engine_options(url: str, s: Settings, *, is_async: bool) -> tuple[str, dict[str, Any]]:
     if not sqlite.is_sqlite(url):
-        return url, {
-            "pool_size": s.DB_POOL_SIZE,
-            "max_overflow": s.DB_MAX_OVERFLOW,
-            "pool_timeout": s.DB_QUEUE_TIMEOUT,
-            "pool_pre_ping": s.DB_POOL_PRE_PING,
-            "pool_recycle": s.DB_POOL_RECYCLE,
-        }
+        return url, _server_options(url, s)
     if sqlite.is_memory(url):
         return sqlite.shared_memory_url(url), {"poolclass": StaticPool}
     sqlite.check_database_folder(url)
