@@ -1,7 +1,10 @@
-"""The ``app`` command: ``app serve`` and ``app init-db``."""
+"""The ``app`` command: ``app serve``, ``app init-db`` and ``app db ...`` (Alembic)."""
 
 import argparse
+import logging
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 __all__ = ["main"]
 
@@ -20,17 +23,111 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _init_db(args: argparse.Namespace) -> int:
+    from alembic.util import CommandError
+    from sqlalchemy import make_url
     from sqlalchemy.exc import SQLAlchemyError
 
+    from app import migrations
     from app.database import ensure_database_schema
+    from containers import container
 
+    s = container.settings()
     try:
-        ensure_database_schema()
-    except SQLAlchemyError as error:
-        print(f"app: cannot create the schema: {str(error).splitlines()[0]}", file=sys.stderr)
+        if migrations.schema_setup(s, s.DATABASE_URL) == "create_all":
+            ensure_database_schema()
+            print("app: schema is up to date (create_all)")
+        else:
+            with _alembic_progress():
+                migrations.upgrade()
+            print("app: database is at the head revision")
+    except (SQLAlchemyError, CommandError, migrations.UnversionedDatabaseError) as error:
+        where = make_url(s.DATABASE_URL).render_as_string(hide_password=True)
+        print(f"app: cannot create the schema on {where}: {_reason(error)}", file=sys.stderr)
         return 1
-    print("app: schema is up to date")
     return 0
+
+
+def _reason(error: Exception) -> str:
+    """The first line of the driver's own message (no "(psycopg.OperationalError)" prefix)."""
+    from sqlalchemy.exc import DBAPIError
+
+    cause = error.orig if isinstance(error, DBAPIError) else error
+    return (str(cause).strip() or type(cause).__name__).splitlines()[0]
+
+
+def _db(args: argparse.Namespace) -> int:
+    from alembic import command
+    from alembic.util import CommandError
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from app import migrations
+
+    config = migrations.alembic_config()
+    actions: dict[str, Callable[[], object]] = {
+        "upgrade": lambda: migrations.upgrade(args.revision, sql=args.sql, config=config),
+        "downgrade": lambda: command.downgrade(config, args.revision, sql=args.sql),
+        "revision": lambda: command.revision(
+            config, message=args.message, autogenerate=args.autogenerate
+        ),
+        "current": lambda: command.current(config, verbose=args.verbose),
+        "stamp": lambda: command.stamp(config, args.revision),
+        "check": lambda: command.check(config),
+    }
+    try:
+        with _alembic_progress():
+            actions[args.db_command]()
+    except (SQLAlchemyError, CommandError, migrations.UnversionedDatabaseError) as error:
+        print(f"app db {args.db_command}: {str(error).splitlines()[0]}", file=sys.stderr)
+        return 1
+    return 0
+
+
+@contextmanager
+def _alembic_progress() -> Iterator[None]:
+    """Alembic's steps ("Running upgrade 0001 -> 0002, ...") on stderr, as its own CLI shows."""
+    logger = logging.getLogger("alembic.runtime.migration")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(lambda record: record.getMessage().startswith("Running "))
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
+def _db_parser(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    db = commands.add_parser("db", help="schema migrations (Alembic); see docs/migrations.md")
+    db.set_defaults(handler=_db)
+    actions = db.add_subparsers(dest="db_command", required=True)
+
+    upgrade = actions.add_parser("upgrade", help="migrate up to REVISION (default: head)")
+    upgrade.add_argument("revision", nargs="?", default="head")
+    upgrade.add_argument("--sql", action="store_true", help="print the SQL instead of running it")
+
+    downgrade = actions.add_parser("downgrade", help="migrate down to REVISION (-1, base, ...)")
+    downgrade.add_argument("revision")
+    downgrade.add_argument(
+        "--sql", action="store_true", help="print the SQL (REVISION is then FROM:TO)"
+    )
+
+    revision = actions.add_parser("revision", help="write a new revision script")
+    revision.add_argument("-m", "--message", required=True)
+    revision.add_argument(
+        "--autogenerate", action="store_true", help="diff the models against the database"
+    )
+
+    current = actions.add_parser("current", help="show the database's revision")
+    current.add_argument("-v", "--verbose", action="store_true")
+
+    stamp = actions.add_parser(
+        "stamp", help="record REVISION without migrating (adopt a create_all database)"
+    )
+    stamp.add_argument("revision")
+
+    actions.add_parser("check", help="fail if the models differ from the migrated database")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -44,8 +141,12 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-level", default="info")
     serve.set_defaults(handler=_serve)
 
-    init_db = commands.add_parser("init-db", help="create the missing tables")
+    init_db = commands.add_parser(
+        "init-db", help="create the schema: create_all on a default SQLite, else upgrade head"
+    )
     init_db.set_defaults(handler=_init_db)
+
+    _db_parser(commands)
     return parser
 
 

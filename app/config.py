@@ -30,6 +30,9 @@ class Settings(BaseSettings):
     CREATE_SCHEMA: bool | None = Field(
         default=None, description="create missing tables at startup; default: on for SQLite"
     )
+    MIGRATE_ON_STARTUP: bool = Field(
+        default=False, description="run `app db upgrade head` at startup instead of CREATE_SCHEMA"
+    )
 
     DB_POOL_SIZE: PositiveInt = 5
     DB_MAX_OVERFLOW: int = Field(default=10, ge=0)
@@ -39,6 +42,9 @@ class Settings(BaseSettings):
         default=5.0, description="longest wait for a database connection before a 503"
     )
     THREADPOOL_SIZE: PositiveInt = 40
+    MAX_CONCURRENT_REQUESTS: PositiveInt = Field(
+        default=256, description="per worker process; past it a request gets a 503 at once"
+    )
 
     SQLITE_BUSY_TIMEOUT_MS: PositiveInt = 5000
     SQLITE_SYNCHRONOUS: Literal["OFF", "NORMAL", "FULL", "EXTRA"] = "NORMAL"

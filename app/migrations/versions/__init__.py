@@ -1,0 +1,1 @@
+"""Alembic revision scripts; ``app db revision`` writes new ones here."""
