@@ -1,5 +1,6 @@
 """The FastAPI application: ``app.main:app``."""
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -10,7 +11,8 @@ from pydantic import BaseModel
 from sqlalchemy import Engine, text
 from sqlalchemy.pool import AssertionPool, QueuePool, StaticPool
 
-from app import sqlite
+from app import migrations
+from app.admission import RequestLimit
 from app.config import Settings
 from app.database import ensure_database_schema
 from app.deps import Gate, ReadSession
@@ -20,23 +22,50 @@ from containers import container, dispose_engines
 
 __all__ = ["app", "create_app"]
 
+log = logging.getLogger("app")
+
 
 class Health(BaseModel):
     status: str
 
 
-def _connection_capacity(engine: Engine, threads: int) -> int:
-    """How many requests may hold a sync connection at once without waiting on the pool."""
+def _pool_capacity(engine: Engine) -> int | None:
+    """How many connections the pool hands out at once; None when it has no bound."""
     pool = engine.pool
     if isinstance(pool, StaticPool | AssertionPool):
         return 1
     if isinstance(pool, QueuePool) and pool._max_overflow >= 0:
-        return min(pool.size() + pool._max_overflow, threads)
-    return threads
+        return pool.size() + pool._max_overflow
+    return None
 
 
-def _create_schema(s: Settings, engine: Engine) -> bool:
-    return s.CREATE_SCHEMA if s.CREATE_SCHEMA is not None else sqlite.is_sqlite(engine.url)
+def _connection_capacity(engine: Engine, threads: int) -> int:
+    """How many requests may hold a sync connection at once without waiting on the pool."""
+    capacity = _pool_capacity(engine)
+    return threads if capacity is None else min(capacity, threads)
+
+
+def _log_concurrency(s: Settings, engine: Engine, reads: Gate) -> None:
+    # uvicorn's server log, next to "Application startup complete": visible by default.
+    logging.getLogger("uvicorn.error").info(
+        "concurrency: %d requests at once (MAX_CONCURRENT_REQUESTS), %d threads "
+        "(THREADPOOL_SIZE), %d sync sessions (read gate), %s async connections (writers), "
+        "%gs longest wait for a connection (DB_QUEUE_TIMEOUT)",
+        s.MAX_CONCURRENT_REQUESTS,
+        s.THREADPOOL_SIZE,
+        reads.capacity,
+        _pool_capacity(container.async_engine().sync_engine) or "unbounded",
+        s.DB_QUEUE_TIMEOUT,
+    )
+    pool_capacity = _pool_capacity(engine)
+    if pool_capacity is not None and pool_capacity > s.THREADPOOL_SIZE:
+        log.warning(
+            "the sync pool holds %d connections but THREADPOOL_SIZE is %d: "
+            "at most %d sync sessions run at once",
+            pool_capacity,
+            s.THREADPOOL_SIZE,
+            reads.capacity,
+        )
 
 
 @asynccontextmanager
@@ -45,7 +74,12 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     engine: Engine = container.engine()
     anyio.to_thread.current_default_thread_limiter().total_tokens = s.THREADPOOL_SIZE
     app.state.db_gate = Gate(_connection_capacity(engine, s.THREADPOOL_SIZE), s.DB_QUEUE_TIMEOUT)
-    if _create_schema(s, engine):
+    app.state.max_concurrent_requests = s.MAX_CONCURRENT_REQUESTS
+    _log_concurrency(s, engine, app.state.db_gate)
+    setup = migrations.schema_setup(s, engine.url)
+    if setup == "migrate":
+        await anyio.to_thread.run_sync(migrations.upgrade)
+    elif setup == "create_all":
         await anyio.to_thread.run_sync(ensure_database_schema)
     try:
         yield
@@ -61,6 +95,7 @@ def create_app() -> FastAPI:
         lifespan=lifespan,
     )
     install_error_handlers(app)
+    app.add_middleware(RequestLimit)
     app.include_router(users.router)
     app.include_router(items.router)
 

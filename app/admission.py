@@ -1,0 +1,68 @@
+"""Load shedding: past MAX_CONCURRENT_REQUESTS per process, a request gets a 503 at once.
+
+Without a limit a burst far past capacity queues every request: each waits its full
+DB_QUEUE_TIMEOUT before its 503, the worker spends its CPU on requests that are already
+lost, and good throughput collapses. Turning the excess away before any routing, parsing
+or database work costs almost nothing, and the admitted requests are served at full speed.
+"""
+
+import logging
+import time
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from app.errors import RETRY_AFTER_SECONDS
+
+__all__ = ["RequestLimit"]
+
+log = logging.getLogger("app")
+
+_BODY = b'{"detail":"Server is busy, please retry"}'
+_HEADERS = [
+    (b"content-type", b"application/json"),
+    (b"content-length", str(len(_BODY)).encode()),
+    (b"retry-after", RETRY_AFTER_SECONDS.encode()),
+]
+_LOG_EVERY_SECONDS = 10.0
+
+
+class RequestLimit:
+    """ASGI middleware: at most ``app.state.max_concurrent_requests`` HTTP requests at once.
+
+    The lifespan sets the limit from the settings; without it (no lifespan) nothing is shed.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self.in_flight = 0
+        self._shed = 0
+        self._logged_at = 0.0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit: int | None = getattr(scope["app"].state, "max_concurrent_requests", None)
+        if limit is not None and self.in_flight >= limit:
+            await self._reject(limit, send)
+            return
+        self.in_flight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.in_flight -= 1
+
+    async def _reject(self, limit: int, send: Send) -> None:
+        self._shed += 1
+        now = time.monotonic()
+        if now - self._logged_at >= _LOG_EVERY_SECONDS:
+            log.warning(
+                "overloaded: %d requests in progress, turning requests away with 503 "
+                "(%d since the last message; MAX_CONCURRENT_REQUESTS=%d)",
+                self.in_flight,
+                self._shed,
+                limit,
+            )
+            self._logged_at, self._shed = now, 0
+        await send({"type": "http.response.start", "status": 503, "headers": _HEADERS})
+        await send({"type": "http.response.body", "body": _BODY})
