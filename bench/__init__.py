@@ -1,0 +1,1 @@
+"""Benchmarks of this app against the plain way of doing the same job: ``python -m bench``."""

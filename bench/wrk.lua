@@ -1,0 +1,34 @@
+-- One request shape per run, set by the environment; prints a JSON summary for bench.web.
+--   BENCH_METHOD  GET or POST
+--   BENCH_PATH    a path, "%d" is replaced by an id cycling over 1..BENCH_IDS
+--   BENCH_BODY    a JSON body (POST)
+local method = os.getenv("BENCH_METHOD") or "GET"
+local path = os.getenv("BENCH_PATH") or "/"
+local ids = tonumber(os.getenv("BENCH_IDS") or "1")
+local body = os.getenv("BENCH_BODY")
+
+wrk.method = method
+if body ~= nil and body ~= "" then
+  wrk.body = body
+  wrk.headers["Content-Type"] = "application/json"
+end
+
+local counter = 0
+
+function init(args)
+  counter = math.random(ids)
+end
+
+function request()
+  counter = counter % ids + 1
+  return wrk.format(nil, string.format(path, counter))
+end
+
+function done(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    'BENCH_RESULT {"requests": %d, "duration_us": %d, "non2xx": %d, "connect": %d, ' ..
+    '"read": %d, "write": %d, "timeout": %d, "p50_us": %.0f, "p99_us": %.0f}\n',
+    summary.requests, summary.duration, e.status, e.connect, e.read, e.write, e.timeout,
+    latency:percentile(50), latency:percentile(99)))
+end
