@@ -56,10 +56,12 @@ def _engine_options(url: str, s: Settings, *, is_async: bool) -> tuple[str, dict
             "max_overflow": 0,
             "pool_timeout": s.DB_QUEUE_TIMEOUT,
         }
+    # The same capacity, all of it kept: an overflow connection would be closed on return and
+    # reopened (connect, pragmas, WAL check) by the next burst, several times a second.
     return url, {
         "poolclass": QueuePool,
-        "pool_size": s.DB_POOL_SIZE,
-        "max_overflow": s.DB_MAX_OVERFLOW,
+        "pool_size": s.DB_POOL_SIZE + s.DB_MAX_OVERFLOW,
+        "max_overflow": 0,
         "pool_timeout": s.DB_QUEUE_TIMEOUT,
     }
 

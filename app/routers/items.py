@@ -3,10 +3,10 @@
 from collections.abc import Sequence
 from typing import Annotated
 
-from dependency_injector.wiring import Provide, inject
+from dependency_injector.wiring import inject
 from fastapi import APIRouter, Depends
 
-from app.deps import ReadSession
+from app.deps import AsyncProvide, ReadSession
 from app.models import Item
 from app.routers.paging import Limit, Skip
 from app.schemas import ItemRead
@@ -20,7 +20,7 @@ router = APIRouter(prefix="/items", tags=["items"])
 @inject
 def read_items(
     session: ReadSession,
-    items: Annotated[ItemService, Depends(Provide[Container.item_service])],
+    items: Annotated[ItemService, Depends(AsyncProvide[Container.item_service])],
     skip: Skip = 0,
     limit: Limit = 100,
 ) -> Sequence[Item]:

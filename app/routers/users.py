@@ -3,10 +3,10 @@
 from collections.abc import Sequence
 from typing import Annotated
 
-from dependency_injector.wiring import Provide, inject
+from dependency_injector.wiring import inject
 from fastapi import APIRouter, Depends, HTTPException
 
-from app.deps import ReadSession, WriteSession
+from app.deps import AsyncProvide, ReadSession, WriteSession
 from app.models import Item, User
 from app.routers.paging import Id, Limit, Skip
 from app.schemas import ItemCreate, ItemRead, UserCreate, UserRead
@@ -15,8 +15,8 @@ from containers import Container
 
 router = APIRouter(prefix="/users", tags=["users"])
 
-Users = Annotated[UserService, Depends(Provide[Container.user_service])]
-Items = Annotated[ItemService, Depends(Provide[Container.item_service])]
+Users = Annotated[UserService, Depends(AsyncProvide[Container.user_service])]
+Items = Annotated[ItemService, Depends(AsyncProvide[Container.item_service])]
 
 
 @router.post("/", response_model=UserRead)
