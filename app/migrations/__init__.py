@@ -2,11 +2,8 @@
 
 import importlib.util
 import sys
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect
 from sqlalchemy.engine import URL
 
@@ -15,6 +12,10 @@ from app import sqlite
 from app.config import Settings
 from app.database import Base
 from containers import container
+
+if TYPE_CHECKING:
+    # Alembic (with Mako) is imported when a migration runs, not by every worker at start.
+    from alembic.config import Config
 
 __all__ = [
     "PG_LOCK_KEY",
@@ -35,8 +36,10 @@ class UnversionedDatabaseError(RuntimeError):
     """The database has the app's tables but no Alembic revision: create_all made it."""
 
 
-def alembic_config() -> Config:
+def alembic_config() -> "Config":
     """Alembic's configuration for this package, whatever the working directory."""
+    from alembic.config import Config
+
     config = Config(stdout=sys.stdout)  # the current one: Alembic's default is bound at import
     config.set_main_option("script_location", "app:migrations")
     config.set_main_option("path_separator", "os")
@@ -63,14 +66,18 @@ def schema_setup(s: Settings, url: str | URL) -> SchemaSetup:
     return "create_all" if create else "none"
 
 
-def upgrade(revision: str = "head", *, sql: bool = False, config: Config | None = None) -> None:
+def upgrade(revision: str = "head", *, sql: bool = False, config: "Config | None" = None) -> None:
     """Migrate the container's current database to ``revision``; ``sql`` only prints the SQL."""
     if not sql:
         _refuse_unversioned()
+    from alembic import command
+
     command.upgrade(config or alembic_config(), revision, sql=sql)
 
 
 def _refuse_unversioned() -> None:
+    from alembic.runtime.migration import MigrationContext
+
     # One DEFERRED read transaction on SQLite: both reads see the same snapshot. On
     # PostgreSQL, tables and their alembic_version row commit together, so reading the
     # tables first cannot see them without a revision that exists.
