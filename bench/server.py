@@ -4,46 +4,22 @@ import contextlib
 import http.client
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 from types import TracebackType
 
+from tests.live_server import PROJECT_ROOT, free_port, spawned_children
+
 __all__ = ["PROJECT_ROOT", "Server", "ServerError", "cpu_seconds", "peak_rss_kib"]
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
 _STARTED = "Application startup complete."
 _PORT_ATTEMPTS = 3
 
 
 class ServerError(RuntimeError):
     """The server did not start; the message carries the tail of its log."""
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def _spawned_children(pid: int) -> list[int]:
-    """Children of ``pid`` started by multiprocessing's spawn (not its resource tracker)."""
-    children = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            cmdline = (entry / "cmdline").read_bytes()
-        except OSError:
-            continue
-        parent = int(stat[stat.rfind(")") + 2 :].split()[1])
-        if parent == pid and b"spawn_main" in cmdline:
-            children.append(int(entry.name))
-    return sorted(children)
 
 
 def cpu_seconds(pids: list[int]) -> float:
@@ -85,7 +61,7 @@ class Server:
         self._process: subprocess.Popen[bytes] | None = None
         self._log_offset = 0
         for attempt in range(_PORT_ATTEMPTS):
-            self.port = _free_port()
+            self.port = free_port()
             self._start()
             try:
                 self._wait_until_ready(startup_timeout)
@@ -106,7 +82,7 @@ class Server:
         assert self._process is not None
         if self.workers == 1:
             return [self._process.pid]
-        return _spawned_children(self._process.pid)
+        return spawned_children(self._process.pid)
 
     def stop(self, timeout: float = 20.0) -> None:
         """SIGTERM, then SIGKILL for whatever is left of the process group."""

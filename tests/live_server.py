@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-__all__ = ["PROJECT_ROOT", "LiveServer", "LiveServerError", "free_port"]
+__all__ = ["PROJECT_ROOT", "LiveServer", "LiveServerError", "free_port", "spawned_children"]
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 _STARTED = "Application startup complete."
@@ -44,7 +44,7 @@ def free_port() -> int:
         return port
 
 
-def _spawned_children(pid: int) -> list[int]:
+def spawned_children(pid: int) -> list[int]:
     """Children of ``pid`` started by multiprocessing's spawn (not its resource tracker)."""
     children = []
     for entry in Path("/proc").iterdir():
@@ -119,7 +119,7 @@ class LiveServer:
         """The processes serving requests: the supervisor's children, or the server itself."""
         if self.workers == 1:
             return [self.pid]
-        return _spawned_children(self.pid)
+        return spawned_children(self.pid)
 
     def log_text(self) -> str:
         """Everything the server printed so far (also after ``stop()``)."""
