@@ -14,7 +14,8 @@ from sqlalchemy import create_engine, insert
 from app.database import Base
 from app.models import Item, User
 from bench.report import Table, Target
-from bench.server import Server, cpu_seconds, peak_rss_kib
+from bench.server import cpu_seconds, peak_rss_kib
+from tests.live_server import LiveServer
 
 __all__ = ["APPS", "REQUESTS", "WRK_MISSING", "web_tables"]
 
@@ -172,12 +173,13 @@ def serve_and_load(
     # The schema is seeded: the app must not run migrations over it, whatever .env says.
     env = {"DATABASE_URL": f"sqlite:///{database}", "MIGRATE_ON_STARTUP": "false"}
     loads = {}
-    with Server(
-        APPS[name],
+    with LiveServer(
         env,
-        workers=workers,
-        log_path=folder / f"{name}-{workers}.log",
+        workers,
+        app=APPS[name],
         ready_path="/users/1",
+        log_path=folder / f"{name}-{workers}.log",
+        extra_args=("--log-level", "info", "--no-access-log"),
     ) as server:
         for request in REQUESTS:
             _progress(f"{request.label} on {name}, {workers} worker(s)")

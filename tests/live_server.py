@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-__all__ = ["PROJECT_ROOT", "LiveServer", "LiveServerError", "free_port", "spawned_children"]
+__all__ = ["PROJECT_ROOT", "LiveServer", "LiveServerError", "free_port"]
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 _STARTED = "Application startup complete."
@@ -44,7 +44,7 @@ def free_port() -> int:
         return port
 
 
-def spawned_children(pid: int) -> list[int]:
+def _spawned_children(pid: int) -> list[int]:
     """Children of ``pid`` started by multiprocessing's spawn (not its resource tracker)."""
     children = []
     for entry in Path("/proc").iterdir():
@@ -63,7 +63,10 @@ def spawned_children(pid: int) -> list[int]:
 
 
 class LiveServer:
-    """``uvicorn app.main:app --workers N`` with ``env`` on top of this process's environment."""
+    """``uvicorn <app> --workers N`` with ``env`` on top of this process's environment.
+
+    Ready once every worker reported startup and ``ready_path`` answers 200.
+    """
 
     def __init__(
         self,
@@ -73,8 +76,12 @@ class LiveServer:
         startup_timeout: float = 60.0,
         log_path: Path | None = None,
         extra_args: tuple[str, ...] = (),
+        app: str = "app.main:app",
+        ready_path: str = "/health",
     ) -> None:
         self.workers = workers
+        self.app = app
+        self.ready_path = ready_path
         self._own_log = log_path is None
         if log_path is None:
             fd, name = tempfile.mkstemp(prefix="live-server-", suffix=".log")
@@ -119,7 +126,7 @@ class LiveServer:
         """The processes serving requests: the supervisor's children, or the server itself."""
         if self.workers == 1:
             return [self.pid]
-        return spawned_children(self.pid)
+        return _spawned_children(self.pid)
 
     def log_text(self) -> str:
         """Everything the server printed so far (also after ``stop()``)."""
@@ -178,7 +185,7 @@ class LiveServer:
             sys.executable,
             "-m",
             "uvicorn",
-            "app.main:app",
+            self.app,
             "--host",
             self.host,
             "--port",
@@ -202,16 +209,16 @@ class LiveServer:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if not self.is_running():
-                raise LiveServerError(f"uvicorn exited during startup:\n{self._log_tail()}")
+                raise LiveServerError(f"{self.app} exited during startup:\n{self._log_tail()}")
             if self._healthy() and self.log_text().count(_STARTED) >= self.workers:
                 return
             time.sleep(0.1)
-        raise LiveServerError(f"uvicorn not ready after {timeout:g}s:\n{self._log_tail()}")
+        raise LiveServerError(f"{self.app} not ready after {timeout:g}s:\n{self._log_tail()}")
 
     def _healthy(self) -> bool:
         connection = http.client.HTTPConnection(self.host, self.port, timeout=5)
         try:
-            connection.request("GET", "/health")
+            connection.request("GET", self.ready_path)
             return connection.getresponse().status == 200
         except OSError:
             return False
