@@ -42,6 +42,12 @@ class Settings(BaseSettings):
         default=5.0, description="longest wait for a database connection before a 503"
     )
     THREADPOOL_SIZE: PositiveInt = 40
+    MAX_CONCURRENT_READS: PositiveInt | None = Field(
+        default=None,
+        description="reads running at once per worker process, each in a thread on a sync "
+        "connection; default: 2 on SQLite (its reads are CPU work in this process, so more "
+        "threads only fight over the GIL), else DB_POOL_SIZE + DB_MAX_OVERFLOW",
+    )
     MAX_CONCURRENT_REQUESTS: PositiveInt = Field(
         default=256, description="per worker process; past it a request gets a 503 at once"
     )

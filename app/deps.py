@@ -1,12 +1,14 @@
-"""Request-scoped sessions and the bounded admission gate in front of the database.
+"""Sessions for endpoints, and the bounded admission gate in front of the database.
 
-Reads run in sync endpoints (thread pool) on a sync ``Session``; writes run in async
-endpoints on an ``AsyncSession``. Each request gets one session, committed when the handler
-succeeds, rolled back on any error, and always closed before the response is sent.
+Every endpoint is ``async def``. Reads go through ``Read``: a sync ``Session`` in one worker
+thread, opened and closed around the work. Writes take a ``WriteSession``: an
+``AsyncSession`` on the event loop, committed when the handler succeeds, rolled back on any
+error. Either way the session is closed before the response is sent.
 """
 
-from collections.abc import AsyncIterator, Iterator
-from typing import Annotated
+import functools
+from collections.abc import AsyncIterator, Callable
+from typing import Annotated, Concatenate, ParamSpec, TypeVar
 
 import anyio
 from dependency_injector.wiring import Provide
@@ -17,7 +19,10 @@ from sqlalchemy.orm import Session
 from app.sqlite import BEGIN_MODE
 from containers import container
 
-__all__ = ["AsyncProvide", "DatabaseBusyError", "Gate", "ReadSession", "WriteSession"]
+__all__ = ["AsyncProvide", "DatabaseBusyError", "Gate", "Read", "Reader", "WriteSession"]
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 
 class AsyncProvide(Provide):  # type: ignore[misc,valid-type]
@@ -65,20 +70,46 @@ class Gate:
         self._slots.release()
 
 
-async def _admitted(request: Request) -> AsyncIterator[None]:
-    gate: Gate = request.app.state.db_gate
-    await gate.acquire()
-    try:
-        yield
-    finally:
-        gate.release()
-
-
-def _read_session(_: Annotated[None, Depends(_admitted, scope="function")]) -> Iterator[Session]:
+def _in_read_transaction(
+    fn: Callable[Concatenate[Session, P], T], /, *args: P.args, **kwargs: P.kwargs
+) -> T:
     with container.session() as session:
         # A deferred BEGIN: reads never wait for SQLite's write lock.
         session.connection(execution_options={BEGIN_MODE: "DEFERRED"})
-        yield session
+        return fn(session, *args, **kwargs)
+
+
+class Reader:
+    """Runs read-only database work in one worker thread, on a session of its own.
+
+    ``await read(users.get, user_id)`` passes the read gate on the event loop, then calls
+    ``users.get(session, user_id)`` in a worker thread inside a read transaction and closes
+    the session (rolling the transaction back) in that same thread before it returns.
+
+    One thread hop per read, where a sync endpoint on a ``get_db`` dependency takes four
+    (dependency setup, endpoint, response validation, dependency teardown). The endpoint is
+    ``async def``, so FastAPI validates the returned objects on the event loop; they are
+    detached by then, so load what the response needs in ``fn`` (``selectinload``).
+    """
+
+    def __init__(self, gate: Gate) -> None:
+        self.gate = gate
+
+    async def __call__(
+        self, fn: Callable[Concatenate[Session, P], T], /, *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        await self.gate.acquire()
+        try:
+            return await anyio.to_thread.run_sync(
+                functools.partial(_in_read_transaction, fn, *args, **kwargs)
+            )
+        finally:
+            self.gate.release()
+
+
+async def _reader(request: Request) -> Reader:
+    reader: Reader = request.app.state.reader
+    return reader
 
 
 async def _write_session() -> AsyncIterator[AsyncSession]:
@@ -86,5 +117,5 @@ async def _write_session() -> AsyncIterator[AsyncSession]:
         yield session
 
 
-ReadSession = Annotated[Session, Depends(_read_session, scope="function")]
+Read = Annotated[Reader, Depends(_reader)]
 WriteSession = Annotated[AsyncSession, Depends(_write_session, scope="function")]

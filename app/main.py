@@ -9,15 +9,17 @@ from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel
 from sqlalchemy import Engine, text
+from sqlalchemy.orm import Session
 from sqlalchemy.pool import AssertionPool, QueuePool, StaticPool
 
 from app import migrations
 from app.admission import RequestLimit
 from app.config import Settings
 from app.database import ensure_database_schema
-from app.deps import Gate, ReadSession
+from app.deps import Gate, Read, Reader
 from app.errors import install_error_handlers
 from app.routers import items, users
+from app.sqlite import is_sqlite
 from containers import container, dispose_engines
 
 __all__ = ["app", "create_app"]
@@ -39,18 +41,28 @@ def _pool_capacity(engine: Engine) -> int | None:
     return None
 
 
-def _connection_capacity(engine: Engine, threads: int) -> int:
-    """How many requests may hold a sync connection at once without waiting on the pool."""
-    capacity = _pool_capacity(engine)
-    return threads if capacity is None else min(capacity, threads)
+SQLITE_CONCURRENT_READS = 2
+"""Reads at once on SQLite unless MAX_CONCURRENT_READS says otherwise (docs/concurrency.md)."""
+
+
+def _read_capacity(s: Settings, engine: Engine) -> int:
+    """How many reads may hold a thread and a sync connection at once.
+
+    Never more than the threads or the pool can serve, so an admitted read never waits.
+    """
+    wanted = s.MAX_CONCURRENT_READS
+    if wanted is None and is_sqlite(engine.url):
+        wanted = SQLITE_CONCURRENT_READS
+    limits = [s.THREADPOOL_SIZE, wanted, _pool_capacity(engine)]
+    return min(limit for limit in limits if limit is not None)
 
 
 def _log_concurrency(s: Settings, engine: Engine, reads: Gate) -> None:
     # uvicorn's server log, next to "Application startup complete": visible by default.
     logging.getLogger("uvicorn.error").info(
         "concurrency: %d requests at once (MAX_CONCURRENT_REQUESTS), %d threads "
-        "(THREADPOOL_SIZE), %d sync sessions (read gate), %s async connections (writers), "
-        "%gs longest wait for a connection (DB_QUEUE_TIMEOUT)",
+        "(THREADPOOL_SIZE), %d reads at once (MAX_CONCURRENT_READS), %s async connections "
+        "(writers), %gs longest wait for a connection (DB_QUEUE_TIMEOUT)",
         s.MAX_CONCURRENT_REQUESTS,
         s.THREADPOOL_SIZE,
         reads.capacity,
@@ -58,7 +70,7 @@ def _log_concurrency(s: Settings, engine: Engine, reads: Gate) -> None:
         s.DB_QUEUE_TIMEOUT,
     )
     pool_capacity = _pool_capacity(engine)
-    if pool_capacity is not None and pool_capacity > s.THREADPOOL_SIZE:
+    if pool_capacity is not None and pool_capacity > s.THREADPOOL_SIZE == reads.capacity:
         log.warning(
             "the sync pool holds %d connections but THREADPOOL_SIZE is %d: "
             "at most %d sync sessions run at once",
@@ -73,9 +85,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     s: Settings = container.settings()
     engine: Engine = container.engine()
     anyio.to_thread.current_default_thread_limiter().total_tokens = s.THREADPOOL_SIZE
-    app.state.db_gate = Gate(_connection_capacity(engine, s.THREADPOOL_SIZE), s.DB_QUEUE_TIMEOUT)
+    gate = Gate(_read_capacity(s, engine), s.DB_QUEUE_TIMEOUT)
+    app.state.reader = Reader(gate)
     app.state.max_concurrent_requests = s.MAX_CONCURRENT_REQUESTS
-    _log_concurrency(s, engine, app.state.db_gate)
+    _log_concurrency(s, engine, gate)
     setup = migrations.schema_setup(s, engine.url)
     if setup == "migrate":
         await anyio.to_thread.run_sync(migrations.upgrade)
@@ -85,6 +98,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
     finally:
         await dispose_engines(container)
+
+
+def _ping(session: Session) -> None:
+    session.execute(text("SELECT 1"))
 
 
 def create_app() -> FastAPI:
@@ -100,9 +117,9 @@ def create_app() -> FastAPI:
     app.include_router(items.router)
 
     @app.get("/health", tags=["health"])
-    def health(session: ReadSession) -> Health:
+    async def health(read: Read) -> Health:
         """200 when the database answers, 503 otherwise."""
-        session.execute(text("SELECT 1"))
+        await read(_ping)
         return Health(status="ok")
 
     return app

@@ -33,6 +33,7 @@ def test_defaults_without_any_file_or_variable() -> None:
     assert s.DB_POOL_SIZE == 5
     assert s.SQLITE_SYNCHRONOUS == "NORMAL"
     assert s.CREATE_SCHEMA is None
+    assert s.MAX_CONCURRENT_READS is None
 
 
 def test_config_yml_overrides_defaults(clean_directory: Path) -> None:
@@ -95,6 +96,7 @@ def test_a_missing_config_yml_is_fine(clean_directory: Path) -> None:
         ("DB_POOL_SIZE", "0"),
         ("DB_MAX_OVERFLOW", "-1"),
         ("DB_QUEUE_TIMEOUT", "soon"),
+        ("MAX_CONCURRENT_READS", "0"),
         ("SQLITE_SYNCHRONOUS", "SOMETIMES"),
         ("SQLITE_BUSY_TIMEOUT_MS", "-5"),
         ("ECHO_SQL", "perhaps"),

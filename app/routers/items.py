@@ -6,7 +6,7 @@ from typing import Annotated
 from dependency_injector.wiring import inject
 from fastapi import APIRouter, Depends
 
-from app.deps import AsyncProvide, ReadSession
+from app.deps import AsyncProvide, Read
 from app.models import Item
 from app.routers.paging import Limit, Skip
 from app.schemas import ItemRead
@@ -18,11 +18,11 @@ router = APIRouter(prefix="/items", tags=["items"])
 
 @router.get("/", response_model=list[ItemRead])
 @inject
-def read_items(
-    session: ReadSession,
+async def read_items(
+    read: Read,
     items: Annotated[ItemService, Depends(AsyncProvide[Container.item_service])],
     skip: Skip = 0,
     limit: Limit = 100,
 ) -> Sequence[Item]:
     """List items, oldest first."""
-    return items.list(session, skip=skip, limit=limit)
+    return await read(items.list, skip=skip, limit=limit)

@@ -6,7 +6,7 @@ from typing import Annotated
 from dependency_injector.wiring import inject
 from fastapi import APIRouter, Depends, HTTPException
 
-from app.deps import AsyncProvide, ReadSession, WriteSession
+from app.deps import AsyncProvide, Read, WriteSession
 from app.models import Item, User
 from app.routers.paging import Id, Limit, Skip
 from app.schemas import ItemCreate, ItemRead, UserCreate, UserRead
@@ -28,18 +28,18 @@ async def create_user(user_in: UserCreate, session: WriteSession, users: Users) 
 
 @router.get("/", response_model=list[UserRead])
 @inject
-def read_users(
-    session: ReadSession, users: Users, skip: Skip = 0, limit: Limit = 100
+async def read_users(
+    read: Read, users: Users, skip: Skip = 0, limit: Limit = 100
 ) -> Sequence[User]:
     """List users with their items, oldest first."""
-    return users.list(session, skip=skip, limit=limit)
+    return await read(users.list, skip=skip, limit=limit)
 
 
 @router.get("/{user_id}", response_model=UserRead)
 @inject
-def read_user(user_id: Id, session: ReadSession, users: Users) -> User:
+async def read_user(user_id: Id, read: Read, users: Users) -> User:
     """Fetch one user with their items."""
-    user = users.get(session, user_id)
+    user = await read(users.get, user_id)
     if user is None:
         raise HTTPException(status_code=404, detail="User not found")
     return user

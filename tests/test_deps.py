@@ -1,0 +1,175 @@
+"""app.deps.Reader: a read takes one worker thread, a gate slot and a session of its own."""
+
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import anyio
+import pytest
+from dependency_injector import providers
+from fastapi.testclient import TestClient
+from sqlalchemy import Engine, func, select, text
+from sqlalchemy.orm import Session
+from sqlalchemy.pool import QueuePool
+
+from app.config import Settings
+from app.database import SessionLocal
+from app.deps import DatabaseBusyError, Gate, Reader
+from app.models import User
+from app.sqlite import is_sqlite
+from containers import build_async_engine, build_engine, container
+
+
+def _add_user(email: str) -> int:
+    with SessionLocal.begin() as session:
+        user = User(email=email, hashed_password="-")
+        session.add(user)
+        session.flush()
+        return user.id
+
+
+def _checked_out(engine: Engine) -> int:
+    assert isinstance(engine.pool, QueuePool)
+    return engine.pool.checkedout()
+
+
+async def test_a_read_runs_in_a_worker_thread_inside_a_transaction_and_closes_it(
+    schema: Engine,
+) -> None:
+    user_id = _add_user("reader@example.com")
+    seen: dict[str, Any] = {}
+
+    def email_of(session: Session, wanted: int) -> str | None:
+        seen["thread"] = threading.get_ident()
+        seen["session"] = session
+        email = session.scalar(select(User.email).where(User.id == wanted))
+        seen["in_transaction"] = session.in_transaction()
+        return email
+
+    read = Reader(Gate(capacity=2, timeout=1))
+    assert await read(email_of, user_id) == "reader@example.com"
+    assert seen["thread"] != threading.get_ident()
+    assert seen["in_transaction"] is True
+    assert seen["session"].in_transaction() is False
+    assert _checked_out(schema) == 0
+
+
+async def test_an_error_in_a_read_propagates_and_frees_the_slot_and_connection(
+    schema: Engine,
+) -> None:
+    def fail(session: Session) -> None:
+        session.execute(text("SELECT 1"))
+        raise LookupError("no such thing")
+
+    read = Reader(Gate(capacity=1, timeout=0.2))
+    with pytest.raises(LookupError, match="no such thing"):
+        await read(fail)
+    assert _checked_out(schema) == 0
+    # One slot: had the failed read kept it, this one would wait and get DatabaseBusyError.
+    assert await read(lambda session: session.scalar(select(func.count(User.id)))) == 0
+
+
+async def test_reads_past_capacity_wait_on_the_event_loop_not_in_threads(schema: Engine) -> None:
+    capacity, reads = 2, 8
+    lock = threading.Lock()
+    running, most = 0, 0
+
+    def slow(session: Session) -> int:
+        nonlocal running, most
+        with lock:
+            running += 1
+            most = max(most, running)
+        try:
+            time.sleep(0.05)
+            return int(session.scalar(text("SELECT 1")) or 0)
+        finally:
+            with lock:
+                running -= 1
+
+    read = Reader(Gate(capacity=capacity, timeout=10))
+    results: list[int] = []
+
+    async def one() -> None:
+        results.append(await read(slow))
+
+    async with anyio.create_task_group() as tasks:
+        for _ in range(reads):
+            tasks.start_soon(one)
+    assert results == [1] * reads
+    assert most == capacity
+
+
+async def test_a_read_that_cannot_get_a_slot_in_time_is_database_busy(schema: Engine) -> None:
+    gate = Gate(capacity=1, timeout=0.1)
+    await gate.acquire()  # someone else holds the only slot
+    try:
+        with pytest.raises(DatabaseBusyError, match=r"within 0\.1s"):
+            await Reader(gate)(lambda session: session.scalar(text("SELECT 1")))
+    finally:
+        gate.release()
+
+
+def test_read_endpoints_use_the_overridden_session_provider(client: TestClient) -> None:
+    opened: list[Session] = []
+
+    def recording_session() -> Session:
+        session = Session(container.engine(), expire_on_commit=False)
+        opened.append(session)
+        return session
+
+    user_id = client.post("/users/", json={"email": "o@example.com", "password": "pw"}).json()["id"]
+    with container.session.override(providers.Factory(recording_session)):
+        assert client.get(f"/users/{user_id}").status_code == 200
+        assert client.get("/users/").status_code == 200
+        assert client.get("/items/").status_code == 200
+        assert client.get("/health").status_code == 200
+    assert len(opened) == 4
+    assert all(not session.in_transaction() for session in opened)
+
+
+@contextmanager
+def serving(database_url: str, **settings: Any) -> Iterator[TestClient]:
+    """The app started (lifespan run) on this test's database with these settings."""
+    from app.main import app
+
+    s = Settings(DATABASE_URL=database_url, **settings)
+    with (
+        container.settings.override(s),
+        container.engine.override(build_engine(s)),
+        container.async_engine.override(build_async_engine(s)),
+        TestClient(app) as client,  # the lifespan disposes of both engines
+    ):
+        yield client
+
+
+def _reads_at_once(client: TestClient) -> int:
+    reader: Reader = client.app.state.reader  # type: ignore[attr-defined]
+    return reader.gate.capacity
+
+
+def test_reads_at_once_default_to_two_on_sqlite_and_the_pool_elsewhere(
+    database_url: str,
+) -> None:
+    with serving(database_url, DB_POOL_SIZE=4, DB_MAX_OVERFLOW=3) as client:
+        expected = 2 if is_sqlite(database_url) else 4 + 3
+        assert _reads_at_once(client) == expected
+        assert client.get("/health").status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("settings", "expected"),
+    [
+        ({"MAX_CONCURRENT_READS": 6}, 6),
+        ({"MAX_CONCURRENT_READS": 1}, 1),
+        ({"MAX_CONCURRENT_READS": 50, "DB_POOL_SIZE": 3, "DB_MAX_OVERFLOW": 1}, 4),
+        ({"MAX_CONCURRENT_READS": 50, "THREADPOOL_SIZE": 5}, 5),
+    ],
+)
+def test_reads_at_once_follow_the_setting_within_the_pool_and_threads(
+    database_url: str, settings: dict[str, int], expected: int
+) -> None:
+    with serving(database_url, **settings) as client:
+        assert _reads_at_once(client) == expected
+        assert client.get("/health").status_code == 200
