@@ -18,7 +18,16 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--quick", action="store_true", help="smoke mode: short runs, 1 worker (~15 s)"
     )
-    parser.add_argument("--duration", type=int, help="seconds per wrk run (default 8, quick 1)")
+    parser.add_argument(
+        "--duration",
+        type=int,
+        help="seconds of load per server and request (default 8, quick 1)",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        help="alternating rounds the duration is split into (default 4, quick 1)",
+    )
     parser.add_argument("--connections", type=int, default=32, help="wrk connections")
     parser.add_argument(
         "--workers",
@@ -38,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     quick: bool = args.quick
     seconds: int = args.duration or (1 if quick else 8)
+    rounds: int = args.rounds or (1 if quick else 4)
     workers: tuple[int, ...] = tuple(args.workers or ((1,) if quick else (1, 2)))
     started = time.monotonic()
     print(f"## Benchmarks{' (quick smoke run)' if quick else ''}\n\n{machine()}\n", flush=True)
@@ -51,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
                 folder,
                 workers=workers,
                 seconds=seconds,
+                rounds=rounds,
                 warmup=0 if quick else 1,
                 connections=args.connections,
             ):

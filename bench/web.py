@@ -4,8 +4,10 @@ import dataclasses
 import json
 import math
 import os
+import statistics
 import subprocess
 import sys
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,6 +81,20 @@ class Load:
     @property
     def errors(self) -> int:
         return self.non2xx + self.socket_errors
+
+    @classmethod
+    def total(cls, rounds: list["Load"]) -> "Load":
+        """Several rounds as one run: counts and times add up; p50 is the median round's,
+        p99 the worst round's."""
+        return cls(
+            requests=sum(r.requests for r in rounds),
+            seconds=sum(r.seconds for r in rounds),
+            non2xx=sum(r.non2xx for r in rounds),
+            socket_errors=sum(r.socket_errors for r in rounds),
+            p50_ms=statistics.median(r.p50_ms for r in rounds),
+            p99_ms=max(r.p99_ms for r in rounds),
+            cpu_seconds=sum(r.cpu_seconds for r in rounds),
+        )
 
 
 @dataclass(frozen=True)
@@ -164,33 +180,63 @@ def _progress(message: str) -> None:
     print(f"  .. {message}", file=sys.stderr, flush=True)
 
 
-def serve_and_load(
-    name: str, workers: int, folder: Path, *, seconds: int, warmup: int, connections: int
-) -> Run:
-    """Start ``name`` on a freshly seeded database, load every request in turn, read RSS."""
+def _server(name: str, workers: int, folder: Path) -> LiveServer:
+    """``name`` on a freshly seeded database of its own."""
     database = folder / f"{name}-{workers}.db"
     seed(database)
     # The schema is seeded: the app must not run migrations over it, whatever .env says.
     env = {"DATABASE_URL": f"sqlite:///{database}", "MIGRATE_ON_STARTUP": "false"}
-    loads = {}
-    with LiveServer(
+    return LiveServer(
         env,
         workers,
         app=APPS[name],
         ready_path="/users/1",
         log_path=folder / f"{name}-{workers}.log",
         extra_args=("--log-level", "info", "--no-access-log"),
-    ) as server:
+    )
+
+
+def load_side_by_side(
+    workers: int,
+    folder: Path,
+    *,
+    seconds: int,
+    rounds: int,
+    warmup: int,
+    connections: int,
+) -> dict[str, Run]:
+    """Both servers up at once; each request loads them in alternating rounds.
+
+    Interleaving pairs the measurements in time, so a slow spell of the machine (this is
+    usually a shared VM) hits both servers instead of whichever happened to run then.
+    """
+    loads: dict[str, dict[str, Load]] = {name: {} for name in APPS}
+    with ExitStack() as stack:
+        servers = {name: stack.enter_context(_server(name, workers, folder)) for name in APPS}
         for request in REQUESTS:
-            _progress(f"{request.label} on {name}, {workers} worker(s)")
+            _progress(f"{request.label}, {workers} worker(s), {rounds} round(s) each")
             if warmup:
-                wrk(server.url, request, seconds=warmup, connections=connections)
-            pids = server.worker_pids()
-            before = cpu_seconds(pids)
-            load = wrk(server.url, request, seconds=seconds, connections=connections)
-            loads[request.label] = dataclasses.replace(load, cpu_seconds=cpu_seconds(pids) - before)
-        rss = [peak_rss_kib(pid) for pid in server.worker_pids()]
-    return Run(loads, rss)
+                for server in servers.values():
+                    wrk(server.url, request, seconds=warmup, connections=connections)
+            done: dict[str, list[Load]] = {name: [] for name in APPS}
+            for round_ in range(rounds):
+                for name in list(APPS)[:: 1 if round_ % 2 == 0 else -1]:
+                    pids = servers[name].worker_pids()
+                    before = cpu_seconds(pids)
+                    load = wrk(
+                        servers[name].url,
+                        request,
+                        seconds=max(1, seconds // rounds),
+                        connections=connections,
+                    )
+                    cpu = cpu_seconds(pids) - before
+                    done[name].append(dataclasses.replace(load, cpu_seconds=cpu))
+            for name, measured in done.items():
+                loads[name][request.label] = Load.total(measured)
+        return {
+            name: Run(loads[name], [peak_rss_kib(pid) for pid in server.worker_pids()])
+            for name, server in servers.items()
+        }
 
 
 def _latency(load: Load) -> str:
@@ -206,10 +252,17 @@ def _mib(kib: int) -> str:
 
 
 def web_tables(
-    folder: Path, *, workers: tuple[int, ...], seconds: int, warmup: int, connections: int
+    folder: Path,
+    *,
+    workers: tuple[int, ...],
+    seconds: int,
+    rounds: int,
+    warmup: int,
+    connections: int,
 ) -> list[Table]:
     http = Table(
-        f"3. HTTP under wrk ({connections} connections, {seconds} s per run, 127.0.0.1)",
+        f"3. HTTP under wrk ({connections} connections, {seconds} s per server and request "
+        f"in {rounds} alternating round(s), 127.0.0.1)",
         (
             "request",
             "workers",
@@ -225,8 +278,11 @@ def web_tables(
             "met",
         ),
         notes=[
-            "req/s counts 2xx answers only; errors are non-2xx answers / socket errors "
-            f"(connect, read, write, no answer within {wrk_timeout(seconds)} s); CPU ms/req "
+            "Both servers run side by side; each request loads them in turn, in rounds that "
+            "alternate which goes first, so a slow spell of the machine hits both. "
+            "req/s counts 2xx answers only; p50 is the median round's, p99 the worst round's; "
+            "errors are non-2xx answers / socket errors (connect, read, write, no answer "
+            f"within {wrk_timeout(max(1, seconds // rounds))} s); CPU ms/req "
             "is the user + system time of the worker processes during the run per request, "
             "which other load on the machine disturbs less than req/s. Each server starts on "
             f"a freshly seeded database ({USERS} users, {USERS * ITEMS_PER_USER} items) with "
@@ -239,14 +295,9 @@ def web_tables(
         ("workers", "app", "baseline", "ratio"),
     )
     for w in workers:
-        # Alternate which app goes first, so slow drift in machine load does not favour one.
-        order = ("app", "baseline") if w % 2 else ("baseline", "app")
-        runs = {
-            name: serve_and_load(
-                name, w, folder, seconds=seconds, warmup=warmup, connections=connections
-            )
-            for name in order
-        }
+        runs = load_side_by_side(
+            w, folder, seconds=seconds, rounds=rounds, warmup=warmup, connections=connections
+        )
         app, base = runs["app"], runs["baseline"]
         for request in REQUESTS:
             a, b = app.loads[request.label], base.loads[request.label]
