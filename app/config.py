@@ -48,6 +48,12 @@ class Settings(BaseSettings):
         "connection; default: 2 on SQLite (its reads are CPU work in this process, so more "
         "threads only fight over the GIL), else DB_POOL_SIZE + DB_MAX_OVERFLOW",
     )
+    MAX_CONCURRENT_WRITES: PositiveInt | None = Field(
+        default=None,
+        description="write transactions running at once per worker process; default: 1 on "
+        "SQLite (one writer at a time: the others queue in the process, first come first "
+        "served, instead of polling SQLite's lock), else DB_POOL_SIZE + DB_MAX_OVERFLOW",
+    )
     MAX_CONCURRENT_REQUESTS: PositiveInt = Field(
         default=256, description="per worker process; past it a request gets a 503 at once"
     )

@@ -1,25 +1,25 @@
-"""Sessions for endpoints, and the bounded admission gate in front of the database.
+"""Database work for endpoints: one worker thread per unit of work, behind a gate.
 
-Every endpoint is ``async def``. Reads go through ``Read``: a sync ``Session`` in one worker
-thread, opened and closed around the work. Writes take a ``WriteSession``: an
-``AsyncSession`` on the event loop, committed when the handler succeeds, rolled back on any
-error. Either way the session is closed before the response is sent.
+Every endpoint is ``async def`` and hands its database work to ``Read`` or ``Write``:
+``await read(users.get, user_id)`` runs ``users.get(session, user_id)`` in one worker thread
+on a sync ``Session`` of its own, and closes the session in that thread before it returns.
+A write commits when the work returns and rolls back if it raises, so no request
+half-commits, and the commit happens before the response is sent.
 """
 
 import functools
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Annotated, Concatenate, ParamSpec, TypeVar
 
 import anyio
 from dependency_injector.wiring import Provide
 from fastapi import Depends, Request
-from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
 from app.sqlite import BEGIN_MODE
 from containers import container
 
-__all__ = ["AsyncProvide", "DatabaseBusyError", "Gate", "Read", "Reader", "WriteSession"]
+__all__ = ["AsyncProvide", "DatabaseBusyError", "Gate", "Read", "Reader", "Write", "Writer"]
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -42,11 +42,12 @@ class DatabaseBusyError(Exception):
 
 
 class Gate:
-    """At most ``capacity`` requests hold a sync connection; the rest wait ``timeout`` seconds.
+    """At most ``capacity`` units of work at once; the rest wait ``timeout`` seconds, FIFO.
 
-    Admission happens on the event loop before a request takes a worker thread, so a thread
-    never blocks on the connection pool while a connection holder waits for a thread: the
-    thread-pool/connection-pool deadlock of the classic pattern cannot happen.
+    Admission happens on the event loop before the work takes a worker thread, and the work
+    gets and returns its connection inside that one thread, so a connection holder never
+    waits for a thread: the thread-pool/connection-pool deadlock of the classic pattern
+    (FastAPI issue 3205) cannot happen.
     """
 
     def __init__(self, capacity: int, timeout: float) -> None:
@@ -70,27 +71,29 @@ class Gate:
         self._slots.release()
 
 
-def _in_read_transaction(
-    fn: Callable[Concatenate[Session, P], T], /, *args: P.args, **kwargs: P.kwargs
+def _transaction(
+    writes: bool, fn: Callable[Concatenate[Session, P], T], /, *args: P.args, **kwargs: P.kwargs
 ) -> T:
     with container.session() as session:
-        # A deferred BEGIN: reads never wait for SQLite's write lock.
-        session.connection(execution_options={BEGIN_MODE: "DEFERRED"})
-        return fn(session, *args, **kwargs)
+        if not writes:
+            # A deferred BEGIN: reads never wait for SQLite's write lock.
+            session.connection(execution_options={BEGIN_MODE: "DEFERRED"})
+            return fn(session, *args, **kwargs)  # closing the session rolls the read back
+        # BEGIN IMMEDIATE on SQLite: the write lock is taken up front, never upgraded later.
+        with session.begin():
+            return fn(session, *args, **kwargs)
 
 
-class Reader:
-    """Runs read-only database work in one worker thread, on a session of its own.
+class _InThread:
+    """Runs database work in one worker thread, in a transaction of its own, behind a gate.
 
-    ``await read(users.get, user_id)`` passes the read gate on the event loop, then calls
-    ``users.get(session, user_id)`` in a worker thread inside a read transaction and closes
-    the session (rolling the transaction back) in that same thread before it returns.
-
-    One thread hop per read, where a sync endpoint on a ``get_db`` dependency takes four
-    (dependency setup, endpoint, response validation, dependency teardown). The endpoint is
-    ``async def``, so FastAPI validates the returned objects on the event loop; they are
-    detached by then, so load what the response needs in ``fn`` (``selectinload``).
+    One thread hop per request, where a sync endpoint on a ``get_db`` dependency takes four
+    (dependency setup, endpoint, response validation, dependency teardown). FastAPI then
+    validates the returned objects on the event loop; they are detached by then, so load
+    what the response needs inside the work (``selectinload``).
     """
+
+    writes: bool
 
     def __init__(self, gate: Gate) -> None:
         self.gate = gate
@@ -101,10 +104,23 @@ class Reader:
         await self.gate.acquire()
         try:
             return await anyio.to_thread.run_sync(
-                functools.partial(_in_read_transaction, fn, *args, **kwargs)
+                functools.partial(_transaction, self.writes, fn, *args, **kwargs)
             )
         finally:
             self.gate.release()
+
+
+class Reader(_InThread):
+    """``await read(fn, *args)``: ``fn(session, *args)`` in a read transaction, rolled back."""
+
+    writes = False
+
+
+class Writer(_InThread):
+    """``await write(fn, *args)``: ``fn(session, *args)`` in a transaction, committed when
+    ``fn`` returns and rolled back if it raises."""
+
+    writes = True
 
 
 async def _reader(request: Request) -> Reader:
@@ -112,10 +128,10 @@ async def _reader(request: Request) -> Reader:
     return reader
 
 
-async def _write_session() -> AsyncIterator[AsyncSession]:
-    async with container.async_session() as session, session.begin():
-        yield session
+async def _writer(request: Request) -> Writer:
+    writer: Writer = request.app.state.writer
+    return writer
 
 
 Read = Annotated[Reader, Depends(_reader)]
-WriteSession = Annotated[AsyncSession, Depends(_write_session, scope="function")]
+Write = Annotated[Writer, Depends(_writer)]

@@ -16,7 +16,7 @@ from app import migrations
 from app.admission import RequestLimit
 from app.config import Settings
 from app.database import ensure_database_schema
-from app.deps import Gate, Read, Reader
+from app.deps import Gate, Read, Reader, Writer
 from app.errors import install_error_handlers
 from app.routers import items, users
 from app.sqlite import is_sqlite
@@ -42,42 +42,32 @@ def _pool_capacity(engine: Engine) -> int | None:
 
 
 SQLITE_CONCURRENT_READS = 2
-"""Reads at once on SQLite unless MAX_CONCURRENT_READS says otherwise (docs/concurrency.md)."""
+"""Reads at once on SQLite by default: more threads only fight over the GIL."""
+SQLITE_CONCURRENT_WRITES = 1
+"""Writes at once on SQLite by default: it has one writer; the rest queue in the process."""
 
 
-def _read_capacity(s: Settings, engine: Engine) -> int:
-    """How many reads may hold a thread and a sync connection at once.
-
-    Never more than the threads or the pool can serve, so an admitted read never waits.
-    """
-    wanted = s.MAX_CONCURRENT_READS
+def _capacity(s: Settings, engine: Engine, wanted: int | None, sqlite_default: int) -> int:
+    """How many units of work may run at once: as ``wanted`` (or the backend's default),
+    but never more than the thread pool or the connection pool can serve."""
     if wanted is None and is_sqlite(engine.url):
-        wanted = SQLITE_CONCURRENT_READS
+        wanted = sqlite_default
     limits = [s.THREADPOOL_SIZE, wanted, _pool_capacity(engine)]
     return min(limit for limit in limits if limit is not None)
 
 
-def _log_concurrency(s: Settings, engine: Engine, reads: Gate) -> None:
+def _log_concurrency(s: Settings, reads: Gate, writes: Gate) -> None:
     # uvicorn's server log, next to "Application startup complete": visible by default.
     logging.getLogger("uvicorn.error").info(
         "concurrency: %d requests at once (MAX_CONCURRENT_REQUESTS), %d threads "
-        "(THREADPOOL_SIZE), %d reads at once (MAX_CONCURRENT_READS), %s async connections "
-        "(writers), %gs longest wait for a connection (DB_QUEUE_TIMEOUT)",
+        "(THREADPOOL_SIZE), %d reads (MAX_CONCURRENT_READS) and %d writes "
+        "(MAX_CONCURRENT_WRITES) at once, %gs longest wait for either (DB_QUEUE_TIMEOUT)",
         s.MAX_CONCURRENT_REQUESTS,
         s.THREADPOOL_SIZE,
         reads.capacity,
-        _pool_capacity(container.async_engine().sync_engine) or "unbounded",
+        writes.capacity,
         s.DB_QUEUE_TIMEOUT,
     )
-    pool_capacity = _pool_capacity(engine)
-    if pool_capacity is not None and pool_capacity > s.THREADPOOL_SIZE == reads.capacity:
-        log.warning(
-            "the sync pool holds %d connections but THREADPOOL_SIZE is %d: "
-            "at most %d sync sessions run at once",
-            pool_capacity,
-            s.THREADPOOL_SIZE,
-            reads.capacity,
-        )
 
 
 @asynccontextmanager
@@ -85,10 +75,18 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     s: Settings = container.settings()
     engine: Engine = container.engine()
     anyio.to_thread.current_default_thread_limiter().total_tokens = s.THREADPOOL_SIZE
-    gate = Gate(_read_capacity(s, engine), s.DB_QUEUE_TIMEOUT)
-    app.state.reader = Reader(gate)
+    reads = Gate(
+        _capacity(s, engine, s.MAX_CONCURRENT_READS, SQLITE_CONCURRENT_READS), s.DB_QUEUE_TIMEOUT
+    )
+    writes = Gate(
+        _capacity(s, engine, s.MAX_CONCURRENT_WRITES, SQLITE_CONCURRENT_WRITES),
+        s.DB_QUEUE_TIMEOUT,
+    )
+    if isinstance(engine.pool, StaticPool | AssertionPool):
+        writes = reads  # one connection, handed out without waiting: one unit of work at a time
+    app.state.reader, app.state.writer = Reader(reads), Writer(writes)
     app.state.max_concurrent_requests = s.MAX_CONCURRENT_REQUESTS
-    _log_concurrency(s, engine, gate)
+    _log_concurrency(s, reads, writes)
     setup = migrations.schema_setup(s, engine.url)
     if setup == "migrate":
         await anyio.to_thread.run_sync(migrations.upgrade)

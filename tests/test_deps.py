@@ -1,4 +1,4 @@
-"""app.deps.Reader: a read takes one worker thread, a gate slot and a session of its own."""
+"""app.deps.Reader / Writer: a unit of work takes one worker thread, a gate slot and a session."""
 
 import threading
 import time
@@ -16,7 +16,7 @@ from sqlalchemy.pool import QueuePool
 
 from app.config import Settings
 from app.database import SessionLocal
-from app.deps import DatabaseBusyError, Gate, Reader
+from app.deps import DatabaseBusyError, Gate, Reader, Writer
 from app.models import User
 from app.sqlite import is_sqlite
 from containers import build_async_engine, build_engine, container
@@ -129,47 +129,130 @@ def test_read_endpoints_use_the_overridden_session_provider(client: TestClient) 
     assert all(not session.in_transaction() for session in opened)
 
 
+async def test_a_write_commits_when_the_work_returns(schema: Engine) -> None:
+    def add(session: Session, email: str) -> int:
+        user = User(email=email, hashed_password="-")
+        session.add(user)
+        session.flush()
+        return user.id
+
+    user_id = await Writer(Gate(capacity=1, timeout=1))(add, "w@example.com")
+    with SessionLocal() as session:
+        assert session.get(User, user_id) is not None
+    assert _checked_out(schema) == 0
+
+
+async def test_a_write_that_raises_commits_nothing(schema: Engine) -> None:
+    def add_then_fail(session: Session) -> None:
+        session.add(User(email="gone@example.com", hashed_password="-"))
+        session.flush()
+        raise LookupError("after the insert")
+
+    write = Writer(Gate(capacity=1, timeout=0.2))
+    with pytest.raises(LookupError, match="after the insert"):
+        await write(add_then_fail)
+    with SessionLocal() as session:
+        assert session.scalar(select(func.count(User.id))) == 0
+    assert _checked_out(schema) == 0
+    assert await write(lambda session: session.scalar(text("SELECT 1"))) == 1  # slot freed
+
+
+async def test_a_read_ignores_what_its_work_wrote(schema: Engine) -> None:
+    def sneaky(session: Session) -> None:
+        session.add(User(email="sneaky@example.com", hashed_password="-"))
+        session.flush()
+
+    await Reader(Gate(capacity=1, timeout=1))(sneaky)
+    with SessionLocal() as session:
+        assert session.scalar(select(func.count(User.id))) == 0
+
+
 @contextmanager
 def serving(database_url: str, **settings: Any) -> Iterator[TestClient]:
     """The app started (lifespan run) on this test's database with these settings."""
     from app.main import app
 
     s = Settings(DATABASE_URL=database_url, **settings)
-    with (
-        container.settings.override(s),
-        container.engine.override(build_engine(s)),
-        container.async_engine.override(build_async_engine(s)),
-        TestClient(app) as client,  # the lifespan disposes of both engines
-    ):
-        yield client
+    engine, async_engine = build_engine(s), build_async_engine(s)
+    try:
+        with (
+            container.settings.override(s),
+            container.engine.override(engine),
+            container.async_engine.override(async_engine),
+            TestClient(app) as client,
+        ):
+            yield client
+    finally:  # overrides belong to whoever set them: the lifespan leaves them open
+        engine.dispose()
+        anyio.run(async_engine.dispose)
 
 
-def _reads_at_once(client: TestClient) -> int:
-    reader: Reader = client.app.state.reader  # type: ignore[attr-defined]
-    return reader.gate.capacity
+def _at_once(client: TestClient) -> tuple[int, int]:
+    """(reads, writes) the started app runs at once."""
+    state = client.app.state  # type: ignore[attr-defined]
+    reader: Reader = state.reader
+    writer: Writer = state.writer
+    return reader.gate.capacity, writer.gate.capacity
 
 
-def test_reads_at_once_default_to_two_on_sqlite_and_the_pool_elsewhere(
+def test_sqlite_runs_two_reads_and_one_write_at_once_other_databases_fill_the_pool(
     database_url: str,
 ) -> None:
     with serving(database_url, DB_POOL_SIZE=4, DB_MAX_OVERFLOW=3) as client:
-        expected = 2 if is_sqlite(database_url) else 4 + 3
-        assert _reads_at_once(client) == expected
+        expected = (2, 1) if is_sqlite(database_url) else (4 + 3, 4 + 3)
+        assert _at_once(client) == expected
         assert client.get("/health").status_code == 200
 
 
 @pytest.mark.parametrize(
     ("settings", "expected"),
     [
-        ({"MAX_CONCURRENT_READS": 6}, 6),
-        ({"MAX_CONCURRENT_READS": 1}, 1),
-        ({"MAX_CONCURRENT_READS": 50, "DB_POOL_SIZE": 3, "DB_MAX_OVERFLOW": 1}, 4),
-        ({"MAX_CONCURRENT_READS": 50, "THREADPOOL_SIZE": 5}, 5),
+        ({"MAX_CONCURRENT_READS": 6, "MAX_CONCURRENT_WRITES": 3}, (6, 3)),
+        ({"MAX_CONCURRENT_READS": 1, "MAX_CONCURRENT_WRITES": 2}, (1, 2)),
+        (
+            {
+                "MAX_CONCURRENT_READS": 50,
+                "MAX_CONCURRENT_WRITES": 50,
+                "DB_POOL_SIZE": 3,
+                "DB_MAX_OVERFLOW": 1,
+            },
+            (4, 4),
+        ),
+        ({"MAX_CONCURRENT_READS": 50, "MAX_CONCURRENT_WRITES": 9, "THREADPOOL_SIZE": 5}, (5, 5)),
     ],
 )
-def test_reads_at_once_follow_the_setting_within_the_pool_and_threads(
-    database_url: str, settings: dict[str, int], expected: int
+def test_reads_and_writes_at_once_follow_the_settings_within_the_pool_and_threads(
+    database_url: str, settings: dict[str, int], expected: tuple[int, int]
 ) -> None:
     with serving(database_url, **settings) as client:
-        assert _reads_at_once(client) == expected
+        assert _at_once(client) == expected
         assert client.get("/health").status_code == 200
+
+
+def test_an_in_memory_database_serves_concurrent_reads_and_writes() -> None:
+    """One connection shared without waiting (StaticPool): reads and writes take turns."""
+    with serving("sqlite://") as client:
+        reads, writes = _at_once(client)
+        assert (reads, writes) == (1, 1)
+        state = client.app.state  # type: ignore[attr-defined]
+        assert state.reader.gate is state.writer.gate
+        owner = client.post("/users/", json={"email": "m@example.com", "password": "pw"})
+        assert owner.status_code == 200
+        path = f"/users/{owner.json()['id']}"
+        statuses: list[int] = []
+
+        def hammer(write: bool) -> None:
+            for n in range(15):
+                if write:
+                    response = client.post(f"{path}/items/", json={"title": f"t{n}"})
+                else:
+                    response = client.get(path)
+                statuses.append(response.status_code)
+
+        threads = [threading.Thread(target=hammer, args=(n % 2 == 0,)) for n in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+        assert statuses == [200] * 90
+        assert len(client.get(path).json()["items"]) == 3 * 15

@@ -17,7 +17,7 @@ from sqlalchemy.exc import (
     OperationalError,
 )
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.orm import Session
 
 from app.config import Settings
@@ -104,26 +104,24 @@ def test_an_unreachable_database_is_503_with_retry_after(
 class FailingUserService(UserService):
     """Fails after the user row was flushed: the transaction must not commit it."""
 
-    async def create(self, session: AsyncSession, user_in: UserCreate) -> User:
-        await super().create(session, user_in)
+    def create(self, session: Session, user_in: UserCreate, hashed_password: str) -> User:
+        super().create(session, user_in, hashed_password)
         raise RuntimeError("boom after the flush")
 
 
 class OrphanItemUserService(UserService):
     """Flushes the user, then an item whose owner does not exist: an IntegrityError."""
 
-    async def create(self, session: AsyncSession, user_in: UserCreate) -> User:
-        user = await super().create(session, user_in)
+    def create(self, session: Session, user_in: UserCreate, hashed_password: str) -> User:
+        user = super().create(session, user_in, hashed_password)
         session.add(Item(title="orphan", owner_id=user.id + 1000))
-        await session.flush()
+        session.flush()
         return user
 
 
 class FailingItemService(ItemService):
-    async def create_for_user(
-        self, session: AsyncSession, user_id: int, item_in: ItemCreate
-    ) -> Item | None:
-        await super().create_for_user(session, user_id, item_in)
+    def create_for_user(self, session: Session, user_id: int, item_in: ItemCreate) -> Item | None:
+        super().create_for_user(session, user_id, item_in)
         raise RuntimeError("boom after the flush")
 
 

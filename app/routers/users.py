@@ -6,7 +6,7 @@ from typing import Annotated
 from dependency_injector.wiring import inject
 from fastapi import APIRouter, Depends, HTTPException
 
-from app.deps import AsyncProvide, Read, WriteSession
+from app.deps import AsyncProvide, Read, Write
 from app.models import Item, User
 from app.routers.paging import Id, Limit, Skip
 from app.schemas import ItemCreate, ItemRead, UserCreate, UserRead
@@ -21,9 +21,10 @@ Items = Annotated[ItemService, Depends(AsyncProvide[Container.item_service])]
 
 @router.post("/", response_model=UserRead)
 @inject
-async def create_user(user_in: UserCreate, session: WriteSession, users: Users) -> User:
+async def create_user(user_in: UserCreate, write: Write, users: Users) -> User:
     """Register a user; 400 if the e-mail is taken."""
-    return await users.create(session, user_in)
+    hashed = await users.hash_password(user_in.password)  # before the write transaction
+    return await write(users.create, user_in, hashed)
 
 
 @router.get("/", response_model=list[UserRead])
@@ -48,10 +49,10 @@ async def read_user(user_id: Id, read: Read, users: Users) -> User:
 @router.post("/{user_id}/items/", response_model=ItemRead)
 @inject
 async def create_item_for_user(
-    user_id: Id, item_in: ItemCreate, session: WriteSession, items: Items
+    user_id: Id, item_in: ItemCreate, write: Write, items: Items
 ) -> Item:
     """Create an item owned by the user; 404 if there is no such user."""
-    item = await items.create_for_user(session, user_id, item_in)
+    item = await write(items.create_for_user, user_id, item_in)
     if item is None:
         raise HTTPException(status_code=404, detail="User not found")
     return item
