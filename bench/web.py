@@ -133,8 +133,9 @@ def seed(path: Path) -> None:
 
 
 def wrk_timeout(seconds: int) -> int:
-    """wrk's per-request timeout: short enough that a stuck server shows up within the run."""
-    return max(1, min(5, seconds // 2))
+    """wrk's per-request timeout for a run of ``seconds``: an answer later than the run's
+    length could not have been counted anyway; 5 s at most, so a stuck server shows."""
+    return max(1, min(5, seconds))
 
 
 def wrk(url: str, request: Request, *, seconds: int, connections: int) -> Load:
