@@ -24,8 +24,6 @@ from containers import container, dispose_engines
 
 __all__ = ["app", "create_app"]
 
-log = logging.getLogger("app")
-
 
 class Health(BaseModel):
     status: str
