@@ -48,8 +48,8 @@ def _engine_options(url: str, s: Settings, *, is_async: bool) -> tuple[str, dict
         return sqlite.shared_memory_url(url), {"poolclass": StaticPool}
     sqlite.check_database_folder(url)
     if is_async:
-        # The async engine is SQLite's writer: one connection per process, so writers
-        # queue fairly (FIFO, bounded by DB_QUEUE_TIMEOUT) before they reach SQLite.
+        # One connection per process: async writers (scripts, jobs on AsyncSessionLocal)
+        # queue in the process, bounded by DB_QUEUE_TIMEOUT, before they reach SQLite's lock.
         return url, {
             "poolclass": AsyncAdaptedQueuePool,
             "pool_size": 1,

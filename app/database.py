@@ -23,7 +23,7 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Engine, MetaData, text
+from sqlalchemy import Connection, Engine, MetaData, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from sqlalchemy.orm import DeclarativeBase, Session
 
@@ -37,6 +37,7 @@ __all__ = [
     "async_engine",
     "engine",
     "ensure_database_schema",
+    "lock_schema",
 ]
 
 
@@ -102,8 +103,20 @@ SessionLocal = _SessionFactory()
 AsyncSessionLocal = _AsyncSessionFactory()
 
 
-_SCHEMA_LOCK_KEY = 0x637265617465
-"""The advisory lock that queues concurrent create_all on PostgreSQL ("create" in ASCII)."""
+_SCHEMA_LOCK_KEY = 0x736368656D61
+"""PostgreSQL's advisory lock for schema changes ("schema" in ASCII)."""
+
+
+def lock_schema(connection: Connection) -> None:
+    """Take turns at changing the schema, until ``connection``'s transaction ends.
+
+    Workers and instances starting together would race to CREATE TABLE (on PostgreSQL a
+    unique violation in pg_type); queued, each finds what its predecessor committed. Both
+    ``create_all`` and migrations take it. On SQLite the transaction's ``BEGIN IMMEDIATE``
+    already queues them.
+    """
+    if connection.dialect.name == "postgresql":
+        connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK_KEY})
 
 
 def ensure_database_schema() -> None:
@@ -111,12 +124,7 @@ def ensure_database_schema() -> None:
     import app.models  # noqa: F401  (registers every table on Base.metadata)
 
     with _container().engine().begin() as connection:
-        if connection.dialect.name == "postgresql":
-            # Workers and instances starting together would race to CREATE TABLE (a unique
-            # violation in pg_type); queued, each finds the tables its predecessor committed.
-            connection.execute(
-                text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK_KEY}
-            )
+        lock_schema(connection)
         Base.metadata.create_all(connection)
 
 

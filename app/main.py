@@ -32,8 +32,6 @@ class Health(BaseModel):
 def _pool_capacity(engine: Engine) -> int | None:
     """How many connections the pool hands out at once; None when it has no bound."""
     pool = engine.pool
-    if isinstance(pool, StaticPool | AssertionPool):
-        return 1
     if isinstance(pool, QueuePool) and pool._max_overflow >= 0:
         return pool.size() + pool._max_overflow
     return None
@@ -52,6 +50,17 @@ def _capacity(s: Settings, engine: Engine, wanted: int | None, sqlite_default: i
         wanted = sqlite_default
     limits = [s.THREADPOOL_SIZE, wanted, _pool_capacity(engine)]
     return min(limit for limit in limits if limit is not None)
+
+
+def _gates(s: Settings, engine: Engine) -> tuple[Gate, Gate]:
+    """The read gate and the write gate in front of ``engine``."""
+    if isinstance(engine.pool, StaticPool | AssertionPool):
+        # One connection, handed out without waiting: one unit of work at a time, any kind.
+        one = Gate(1, s.DB_QUEUE_TIMEOUT)
+        return one, one
+    reads = _capacity(s, engine, s.MAX_CONCURRENT_READS, SQLITE_CONCURRENT_READS)
+    writes = _capacity(s, engine, s.MAX_CONCURRENT_WRITES, SQLITE_CONCURRENT_WRITES)
+    return Gate(reads, s.DB_QUEUE_TIMEOUT), Gate(writes, s.DB_QUEUE_TIMEOUT)
 
 
 def _log_concurrency(s: Settings, reads: Gate, writes: Gate) -> None:
@@ -73,15 +82,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     s: Settings = container.settings()
     engine: Engine = container.engine()
     anyio.to_thread.current_default_thread_limiter().total_tokens = s.THREADPOOL_SIZE
-    reads = Gate(
-        _capacity(s, engine, s.MAX_CONCURRENT_READS, SQLITE_CONCURRENT_READS), s.DB_QUEUE_TIMEOUT
-    )
-    writes = Gate(
-        _capacity(s, engine, s.MAX_CONCURRENT_WRITES, SQLITE_CONCURRENT_WRITES),
-        s.DB_QUEUE_TIMEOUT,
-    )
-    if isinstance(engine.pool, StaticPool | AssertionPool):
-        writes = reads  # one connection, handed out without waiting: one unit of work at a time
+    reads, writes = _gates(s, engine)
     app.state.reader, app.state.writer = Reader(reads), Writer(writes)
     app.state.max_concurrent_requests = s.MAX_CONCURRENT_REQUESTS
     _log_concurrency(s, reads, writes)

@@ -18,7 +18,6 @@ if TYPE_CHECKING:
     from alembic.config import Config
 
 __all__ = [
-    "PG_LOCK_KEY",
     "SchemaSetup",
     "UnversionedDatabaseError",
     "alembic_config",
@@ -27,9 +26,6 @@ __all__ = [
 ]
 
 SchemaSetup = Literal["migrate", "create_all", "none"]
-
-PG_LOCK_KEY = 0x6D696772617465
-"""The advisory lock that queues concurrent migrations on PostgreSQL ("migrate" in ASCII)."""
 
 
 class UnversionedDatabaseError(RuntimeError):

@@ -4,11 +4,10 @@ from typing import Any
 
 from alembic import context
 from alembic.util import CommandError
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection
 
 import app.models  # noqa: F401  (registers every table on Base.metadata)
-from app.database import Base
-from app.migrations import PG_LOCK_KEY
+from app.database import Base, lock_schema
 from containers import container
 
 
@@ -35,8 +34,7 @@ def _run_offline() -> None:
 def _run_online() -> None:
     with container.engine().connect() as connection:
         _configure(connection=connection)
-        dialect = connection.dialect.name
-        on_sqlite = dialect == "sqlite"
+        on_sqlite = connection.dialect.name == "sqlite"
         if on_sqlite:
             # A batch operation recreates its table, and dropping a referenced table with
             # enforcement on fails. SQLite ignores this pragma inside a transaction, so it is
@@ -45,12 +43,7 @@ def _run_online() -> None:
             _sqlite_pragma(connection, "foreign_keys = OFF")
         try:
             with context.begin_transaction():
-                # Concurrent upgrades (replicas starting together) take turns: on PostgreSQL
-                # behind this lock, on SQLite behind the BEGIN IMMEDIATE of the transaction.
-                if dialect == "postgresql":
-                    connection.execute(
-                        text("SELECT pg_advisory_xact_lock(:key)"), {"key": PG_LOCK_KEY}
-                    )
+                lock_schema(connection)  # concurrent upgrades (replicas starting) take turns
                 context.run_migrations()
                 if on_sqlite:
                     _check_foreign_keys(connection)
