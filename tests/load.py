@@ -5,15 +5,24 @@ connections, so "128 connections" means 128 requests in flight at once.
 """
 
 import asyncio
+import itertools
 import json
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Self
 from urllib.parse import urlsplit
 
-__all__ = ["Connection", "LoadResult", "ProtocolError", "Request", "Response", "run_load"]
+__all__ = [
+    "Connection",
+    "LoadResult",
+    "ProtocolError",
+    "Request",
+    "Response",
+    "register_at_once",
+    "run_load",
+]
 
 _KEEP_ALIVE_SECONDS = 2.0
 """Below uvicorn's 5 s keep-alive timeout."""
@@ -69,6 +78,12 @@ class Connection:
             self.close()
         return Response(status, headers, content, self._idle_since - start)
 
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
     def close(self) -> None:
         if self._streams is not None:
             self._streams[1].close()
@@ -111,10 +126,6 @@ class LoadResult:
     """Responses with a status of 400 or more, kept for their headers and bodies."""
 
     @property
-    def responses(self) -> int:
-        return sum(self.statuses.values())
-
-    @property
     def throughput(self) -> float:
         """Successful responses per second."""
         ok = sum(n for status, n in self.statuses.items() if status < 400)
@@ -138,26 +149,21 @@ async def run_load(
     connections: int,
     seconds: float,
     request: Callable[[int], Request],
-    requests_per_connection: int = 1_000_000,
     request_timeout: float = 10.0,
 ) -> LoadResult:
     """``connections`` clients send ``request(i)`` back to back until ``seconds`` have passed.
 
-    A client also stops after ``requests_per_connection`` requests, and honours the
-    Retry-After of a 503; a request unanswered after ``request_timeout`` seconds counts as
-    an error named "timeout".
+    A client honours the Retry-After of a 503; a request unanswered after
+    ``request_timeout`` seconds counts as an error named "timeout".
     """
     result = LoadResult(seconds=seconds)
     start = time.perf_counter()
     deadline = start + seconds
-    counter = iter(range(connections * requests_per_connection))
+    counter = itertools.count()
 
     async def client() -> None:
-        connection = Connection(url, timeout=request_timeout)
-        try:
-            for _ in range(requests_per_connection):
-                if time.perf_counter() >= deadline:
-                    return
+        with Connection(url, timeout=request_timeout) as connection:
+            while time.perf_counter() < deadline:
                 method, path, body = request(next(counter))
                 try:
                     response = await connection.request(method, path, body)
@@ -175,9 +181,17 @@ async def run_load(
                     # A well-behaved client backs off as told instead of hammering.
                     pause = float(response.headers["retry-after"])
                     await asyncio.sleep(min(pause, max(deadline - time.perf_counter(), 0)))
-        finally:
-            connection.close()
 
     await asyncio.gather(*(client() for _ in range(connections)))
     result.seconds = max(time.perf_counter() - start, 1e-9)
     return result
+
+
+async def register_at_once(connections: Sequence[Connection], email: str) -> list[Response]:
+    """Every connection registers ``email`` at the same moment: a race for one account.
+
+    The connections are opened first (``GET /health``), so the racing requests leave together.
+    """
+    await asyncio.gather(*(c.request("GET", "/health") for c in connections))
+    body = {"email": email, "password": "pw"}
+    return list(await asyncio.gather(*(c.request("POST", "/users/", body) for c in connections)))

@@ -43,8 +43,7 @@ class Stream:
 
 
 async def _writer(url: str, n: int, user_id: int, stream: Stream) -> None:
-    connection = Connection(url, timeout=REQUEST_TIMEOUT)
-    try:
+    with Connection(url, timeout=REQUEST_TIMEOUT) as connection:
         for i in range(MAX_ITEMS_PER_CLIENT):
             if stream.stop.is_set():
                 return
@@ -61,13 +60,10 @@ async def _writer(url: str, n: int, user_id: int, stream: Stream) -> None:
                 await stream.acknowledge(response.json()["id"], title, user_id)
             else:
                 stream.unexpected.append(f"{title}: {response.status} {response.body[:200]!r}")
-    finally:
-        connection.close()
 
 
 async def _create_users(url: str) -> list[int]:
-    connection = Connection(url, timeout=REQUEST_TIMEOUT)
-    try:
+    with Connection(url, timeout=REQUEST_TIMEOUT) as connection:
         ids = []
         for n in range(CLIENTS):
             body = {"email": f"crash-{n}@example.com", "password": "pw"}
@@ -75,8 +71,6 @@ async def _create_users(url: str) -> list[int]:
             assert response.status == 200, response.body
             ids.append(response.json()["id"])
         return ids
-    finally:
-        connection.close()
 
 
 async def test_acknowledged_writes_survive_kill_9(database_url: str, schema: Engine) -> None:
@@ -101,21 +95,20 @@ async def test_acknowledged_writes_survive_kill_9(database_url: str, schema: Eng
     assert stream.interrupted > 0, "the kills did not cut off any request"
     assert stream.unexpected == []
 
-    with LiveServer(env, workers=1, extra_args=("--no-access-log",)) as server:
-        connection = Connection(server.url, timeout=REQUEST_TIMEOUT)
-        try:
-            for user_id in user_ids:
-                response = await connection.request("GET", f"/users/{user_id}")
-                assert response.status == 200
-                served = {item["id"] for item in response.json()["items"]}
-                mine = {id_ for id_, (_, owner) in stream.acknowledged.items() if owner == user_id}
-                assert mine <= served
-            response = await connection.request(
-                "POST", f"/users/{user_ids[0]}/items/", {"title": "after the crash"}
-            )
+    with (
+        LiveServer(env, workers=1, extra_args=("--no-access-log",)) as server,
+        Connection(server.url, timeout=REQUEST_TIMEOUT) as connection,
+    ):
+        for user_id in user_ids:
+            response = await connection.request("GET", f"/users/{user_id}")
             assert response.status == 200
-        finally:
-            connection.close()
+            served = {item["id"] for item in response.json()["items"]}
+            mine = {id_ for id_, (_, owner) in stream.acknowledged.items() if owner == user_id}
+            assert mine <= served
+        response = await connection.request(
+            "POST", f"/users/{user_ids[0]}/items/", {"title": "after the crash"}
+        )
+        assert response.status == 200
 
     with schema.connect() as conn:
         rows = conn.execute(text("SELECT id, title, owner_id FROM items")).all()

@@ -32,12 +32,9 @@ Requests = Callable[[int], Request]
 
 
 async def _one(url: str, method: str, path: str, body: object = None) -> tuple[int, float]:
-    connection = Connection(url, timeout=CLIENT_TIMEOUT)
-    try:
+    with Connection(url, timeout=CLIENT_TIMEOUT) as connection:
         response = await connection.request(method, path, body)
         return response.status, response.seconds
-    finally:
-        connection.close()
 
 
 @pytest.fixture
@@ -46,10 +43,9 @@ async def server(database_url: str, schema: Engine) -> AsyncIterator[tuple[LiveS
     schema.dispose()
     env = {"DATABASE_URL": database_url}
     with LiveServer(env, workers=1, extra_args=("--no-access-log",)) as live:
-        connection = Connection(live.url, timeout=CLIENT_TIMEOUT)
-        body = {"email": "load@example.com", "password": "pw"}
-        response = await connection.request("POST", "/users/", body)
-        connection.close()
+        with Connection(live.url, timeout=CLIENT_TIMEOUT) as connection:
+            body = {"email": "load@example.com", "password": "pw"}
+            response = await connection.request("POST", "/users/", body)
         assert response.status == 200
         yield live, response.json()["id"]
 

@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import Engine, text
 
 from tests.live_server import LiveServer
-from tests.load import Connection, Response
+from tests.load import Connection, Response, register_at_once
 
 pytestmark = pytest.mark.slow
 
@@ -42,8 +42,7 @@ class Run:
 
 async def _writer(url: str, n: int, run: Run) -> None:
     """One user, then its items, reading the user back now and then from any worker."""
-    connection = Connection(url, timeout=REQUEST_TIMEOUT)
-    try:
+    with Connection(url, timeout=REQUEST_TIMEOUT) as connection:
         email = f"writer-{n}@example.com"
         response = await connection.request("POST", "/users/", {"email": email, "password": "pw"})
         if not run.check(response, 200, f"create {email}"):
@@ -67,8 +66,6 @@ async def _writer(url: str, n: int, run: Run) -> None:
                     missing = mine - {item["id"] for item in response.json()["items"]}
                     if missing:
                         run.failures.append(f"acknowledged items not visible: {missing}")
-    finally:
-        connection.close()
 
 
 async def _races(url: str, run: Run) -> None:
@@ -76,13 +73,8 @@ async def _races(url: str, run: Run) -> None:
     connections = [Connection(url, timeout=REQUEST_TIMEOUT) for _ in range(RACERS)]
     try:
         for race in range(RACES):
-            # Open every connection first, so that the racing requests leave together.
-            await asyncio.gather(*(c.request("GET", "/health") for c in connections))
             email = f"race-{race}@example.com"
-            body = {"email": email, "password": "pw"}
-            responses = await asyncio.gather(
-                *(c.request("POST", "/users/", body) for c in connections)
-            )
+            responses = await register_at_once(connections, email)
             run.statuses.update(r.status for r in responses)
             statuses = sorted(r.status for r in responses)
             if statuses != [200] + [400] * (RACERS - 1):
