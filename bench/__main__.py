@@ -49,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     seconds: int = args.duration or (1 if quick else 8)
     rounds: int = args.rounds or (1 if quick else 4)
     workers: tuple[int, ...] = tuple(args.workers or ((1,) if quick else (1, 2)))
+    has_wrk = shutil.which("wrk") is not None
     started = time.monotonic()
     print(f"## Benchmarks{' (quick smoke run)' if quick else ''}\n\n{machine()}\n", flush=True)
     tables: list[Table] = []
@@ -56,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         folder = Path(tmp)
         tables.append(_show(session_table(folder, quick=quick)))
         tables.append(_show(provider_table(quick=quick)))
-        if shutil.which("wrk"):
+        if has_wrk:
             for table in web_tables(
                 folder,
                 workers=workers,
@@ -70,8 +71,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"### 3. HTTP under wrk: not run\n\n{WRK_MISSING}\n", flush=True)
         tables.append(_show(floor_table(folder, quick=quick)))
     print(summary(tables))
-    if not shutil.which("wrk"):
-        print(f"\nThe HTTP targets were not measured: {WRK_MISSING}")
+    if not has_wrk:
+        print("\nThe HTTP targets were not measured: wrk is not installed (see section 3).")
     print(f"\n(total {time.monotonic() - started:.0f} s)")
     return 0
 

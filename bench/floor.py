@@ -10,11 +10,9 @@ from app.database import AsyncSessionLocal, SessionLocal, ensure_database_schema
 from app.models import Item, User
 from bench.micro import use_database
 from bench.report import Table
-from containers import container
+from containers import container, dispose_engines
 
 __all__ = ["floor_table"]
-
-_MAX_INSERTS = 1_000_000
 
 
 def _use_fresh_database(path: Path) -> None:
@@ -27,7 +25,7 @@ def _use_fresh_database(path: Path) -> None:
 def _rate(insert: Callable[[int], None], budget: float) -> float:
     start = perf_counter()
     count = 0
-    while count < _MAX_INSERTS and perf_counter() - start < budget:
+    while perf_counter() - start < budget:
         insert(count)
         count += 1
     return count / (perf_counter() - start)
@@ -36,7 +34,7 @@ def _rate(insert: Callable[[int], None], budget: float) -> float:
 async def _async_rate(insert: Callable[[int], Awaitable[None]], budget: float) -> float:
     start = perf_counter()
     count = 0
-    while count < _MAX_INSERTS and perf_counter() - start < budget:
+    while perf_counter() - start < budget:
         await insert(count)
         count += 1
     return count / (perf_counter() - start)
@@ -88,11 +86,9 @@ def _async_session(path: Path, budget: float) -> float:
         try:
             return await _async_rate(insert, budget)
         finally:
-            await container.async_engine().dispose()
+            await dispose_engines()
 
-    rate = asyncio.run(run())
-    container.engine().dispose()
-    return rate
+    return asyncio.run(run())
 
 
 def floor_table(folder: Path, *, quick: bool) -> Table:

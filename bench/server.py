@@ -3,6 +3,8 @@
 import os
 from pathlib import Path
 
+from tests.live_server import proc_stat_fields
+
 __all__ = ["cpu_seconds", "peak_rss_kib"]
 
 
@@ -10,8 +12,7 @@ def cpu_seconds(pids: list[int]) -> float:
     """User plus system CPU time the processes have used so far."""
     ticks = 0
     for pid in pids:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        fields = stat[stat.rfind(")") + 2 :].split()
+        fields = proc_stat_fields(pid)
         ticks += int(fields[11]) + int(fields[12])  # utime, stime
     return ticks / os.sysconf("SC_CLK_TCK")
 

@@ -193,7 +193,7 @@ def _server(name: str, workers: int, folder: Path) -> LiveServer:
         app=APPS[name],
         ready_path="/users/1",
         log_path=folder / f"{name}-{workers}.log",
-        extra_args=("--log-level", "info", "--no-access-log"),
+        extra_args=("--no-access-log",),
     )
 
 
@@ -201,7 +201,7 @@ def load_side_by_side(
     workers: int,
     folder: Path,
     *,
-    seconds: int,
+    round_seconds: int,
     rounds: int,
     warmup: int,
     connections: int,
@@ -214,6 +214,7 @@ def load_side_by_side(
     loads: dict[str, dict[str, Load]] = {name: {} for name in APPS}
     with ExitStack() as stack:
         servers = {name: stack.enter_context(_server(name, workers, folder)) for name in APPS}
+        pids = {name: server.worker_pids() for name, server in servers.items()}
         for request in REQUESTS:
             _progress(f"{request.label}, {workers} worker(s), {rounds} round(s) each")
             if warmup:
@@ -222,21 +223,19 @@ def load_side_by_side(
             done: dict[str, list[Load]] = {name: [] for name in APPS}
             for round_ in range(rounds):
                 for name in list(APPS)[:: 1 if round_ % 2 == 0 else -1]:
-                    pids = servers[name].worker_pids()
-                    before = cpu_seconds(pids)
+                    before = cpu_seconds(pids[name])
                     load = wrk(
                         servers[name].url,
                         request,
-                        seconds=max(1, seconds // rounds),
+                        seconds=round_seconds,
                         connections=connections,
                     )
-                    cpu = cpu_seconds(pids) - before
+                    cpu = cpu_seconds(pids[name]) - before
                     done[name].append(dataclasses.replace(load, cpu_seconds=cpu))
             for name, measured in done.items():
                 loads[name][request.label] = Load.total(measured)
         return {
-            name: Run(loads[name], [peak_rss_kib(pid) for pid in server.worker_pids()])
-            for name, server in servers.items()
+            name: Run(loads[name], [peak_rss_kib(pid) for pid in pids[name]]) for name in servers
         }
 
 
@@ -261,9 +260,10 @@ def web_tables(
     warmup: int,
     connections: int,
 ) -> list[Table]:
+    round_seconds = max(1, seconds // rounds)
     http = Table(
-        f"3. HTTP under wrk ({connections} connections, {seconds} s per server and request "
-        f"in {rounds} alternating round(s), 127.0.0.1)",
+        f"3. HTTP under wrk ({connections} connections, {round_seconds * rounds} s per server "
+        f"and request in {rounds} alternating round(s), 127.0.0.1)",
         (
             "request",
             "workers",
@@ -283,7 +283,7 @@ def web_tables(
             "alternate which goes first, so a slow spell of the machine hits both. "
             "req/s counts 2xx answers only; p50 is the median round's, p99 the worst round's; "
             "errors are non-2xx answers / socket errors (connect, read, write, no answer "
-            f"within {wrk_timeout(max(1, seconds // rounds))} s); CPU ms/req "
+            f"within {wrk_timeout(round_seconds)} s); CPU ms/req "
             "is the user + system time of the worker processes during the run per request, "
             "which other load on the machine disturbs less than req/s. Each server starts on "
             f"a freshly seeded database ({USERS} users, {USERS * ITEMS_PER_USER} items) with "
@@ -297,7 +297,12 @@ def web_tables(
     )
     for w in workers:
         runs = load_side_by_side(
-            w, folder, seconds=seconds, rounds=rounds, warmup=warmup, connections=connections
+            w,
+            folder,
+            round_seconds=round_seconds,
+            rounds=rounds,
+            warmup=warmup,
+            connections=connections,
         )
         app, base = runs["app"], runs["baseline"]
         for request in REQUESTS:

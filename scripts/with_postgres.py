@@ -248,9 +248,10 @@ def _start(server: Server) -> bool:
             ],
         )  # fmt: skip
     except RuntimeError:
-        if "could not bind" in _tail(server.log):
+        log = _tail(server.log)
+        if "could not bind" in log:
             return False
-        raise RuntimeError(f"pg_ctl start failed; server log:\n{_tail(server.log)}") from None
+        raise RuntimeError(f"pg_ctl start failed; server log:\n{log}") from None
     _wait_until_accepting(server)
     return True
 

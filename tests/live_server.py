@@ -44,6 +44,13 @@ def free_port() -> int:
         return port
 
 
+def proc_stat_fields(pid: int | str) -> list[str]:
+    """``/proc/<pid>/stat`` from field 3 (state) on: the command name before it, field 2,
+    may contain spaces and parentheses, so the fields are counted from its last ")"."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return stat[stat.rfind(")") + 2 :].split()
+
+
 def _spawned_children(pid: int) -> list[int]:
     """Children of ``pid`` started by multiprocessing's spawn (not its resource tracker)."""
     children = []
@@ -51,12 +58,10 @@ def _spawned_children(pid: int) -> list[int]:
         if not entry.name.isdigit():
             continue
         try:
-            stat = (entry / "stat").read_text()
+            parent = int(proc_stat_fields(entry.name)[1])
             cmdline = (entry / "cmdline").read_bytes()
         except OSError:
             continue
-        # The command name (field 2) may contain spaces; the fields after its ")" are fixed.
-        parent = int(stat[stat.rfind(")") + 2 :].split()[1])
         if parent == pid and b"spawn_main" in cmdline:
             children.append(int(entry.name))
     return sorted(children)
@@ -192,6 +197,8 @@ class LiveServer:
             str(self.port),
             "--workers",
             str(self.workers),
+            "--log-level",  # readiness counts the "Application startup complete." lines
+            "info",
             *self._extra_args,
         ]
         with self.log_path.open("wb") as log:

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.live_server import LiveServer, LiveServerError
+from tests.live_server import LiveServer, LiveServerError, proc_stat_fields
 
 
 def get(server: LiveServer, path: str) -> tuple[int, bytes]:
@@ -20,8 +20,7 @@ def get(server: LiveServer, path: str) -> tuple[int, bytes]:
 
 def alive(pid: int) -> bool:
     try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().split(") ")[1][0] != "Z"
+        return proc_stat_fields(pid)[0] != "Z"
     except FileNotFoundError:
         return False
 
