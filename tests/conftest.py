@@ -4,23 +4,70 @@ The backend is SQLite (a temporary file) unless ``TEST_DATABASE_URL`` names a Po
 server, in which case each test gets a fresh database on it, dropped afterwards.
 """
 
+import contextlib
 import os
+import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 from pwdlib import PasswordHash
 from pwdlib.hashers.argon2 import Argon2Hasher
-from sqlalchemy import Engine, create_engine, make_url, text
+from sqlalchemy import ColumnElement, Engine, create_engine, func, make_url, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.config import Settings
-from app.database import ensure_database_schema
+from app.database import Base, SessionLocal, ensure_database_schema
 from containers import build_async_engine, build_engine, container
 
 SERVER_URL = os.environ.get("TEST_DATABASE_URL", "")
 BACKEND = "postgresql" if SERVER_URL.startswith("postgresql") else "sqlite"
+APP = Path(sys.executable).with_name("app")
+UNAVAILABLE = {"detail": "Database is busy or unavailable, please retry"}
+
+
+# Helpers for the test modules: ``from tests.conftest import ...``
+
+
+@contextlib.asynccontextmanager
+async def engine_pair(settings: Settings) -> AsyncIterator[tuple[Engine, AsyncEngine]]:
+    """The container's sync and async engines for ``settings``, disposed on exit."""
+    engine, async_engine = build_engine(settings), build_async_engine(settings)
+    try:
+        yield engine, async_engine
+    finally:
+        await async_engine.dispose()
+        engine.dispose()
+
+
+def count_rows(model: type[Base], *where: ColumnElement[bool]) -> int:
+    """Rows of ``model`` matching ``where``, counted through the container's current engine."""
+    with SessionLocal() as session:
+        return session.scalar(select(func.count()).select_from(model).where(*where)) or 0
+
+
+def settings_free_environ(**env: str) -> dict[str, str]:
+    """This process's environment without any of the app's settings, plus ``env``."""
+    clean = {k: v for k, v in os.environ.items() if k not in Settings.model_fields}
+    return clean | env
+
+
+def run_app(
+    *args: str, env: dict[str, str], cwd: Path, timeout: float
+) -> subprocess.CompletedProcess[str]:
+    """``app ARGS`` with only the settings in ``env`` (and in ``cwd``'s .env or config.yml)."""
+    return subprocess.run(
+        [str(APP), *args],
+        env=settings_free_environ(**env),
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
 def pytest_report_header() -> str:
@@ -76,15 +123,13 @@ def settings(database_url: str) -> Settings:
 @pytest.fixture
 async def engines(settings: Settings) -> AsyncIterator[tuple[Engine, AsyncEngine]]:
     """Point the container at this test's database, and back again afterwards."""
-    engine, async_engine = build_engine(settings), build_async_engine(settings)
-    with (
-        container.settings.override(settings),
-        container.engine.override(engine),
-        container.async_engine.override(async_engine),
-    ):
-        yield engine, async_engine
-    await async_engine.dispose()
-    engine.dispose()
+    async with engine_pair(settings) as (engine, async_engine):
+        with (
+            container.settings.override(settings),
+            container.engine.override(engine),
+            container.async_engine.override(async_engine),
+        ):
+            yield engine, async_engine
 
 
 @pytest.fixture

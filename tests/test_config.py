@@ -1,16 +1,12 @@
 """Settings: defaults < config.yml < .env < environment; invalid values name the setting."""
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
 from app.config import Settings, async_url
-
-APP = Path(sys.executable).with_name("app")
+from tests.conftest import run_app
 
 
 @pytest.fixture(autouse=True)
@@ -150,26 +146,13 @@ def test_async_database_url_overrides_the_derivation(monkeypatch: pytest.MonkeyP
     assert async_url(Settings()) == "postgresql+asyncpg://u@pooler/db"
 
 
-def run_app(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if k not in Settings.model_fields}
-    return subprocess.run(
-        [str(APP), *args],
-        env={**clean, **env},
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-
-
 @pytest.mark.parametrize(
     ("name", "value"), [("DB_POOL_SIZE", "abc"), ("DATABASE_URL", "mysql://u@h/db")]
 )
 def test_cli_reports_an_invalid_setting_and_exits_2(
     clean_directory: Path, name: str, value: str
 ) -> None:
-    result = run_app("init-db", env={name: value}, cwd=clean_directory)
+    result = run_app("init-db", env={name: value}, cwd=clean_directory, timeout=60)
     assert result.returncode == 2, result.stderr
     assert "invalid configuration" in result.stderr
     assert name in result.stderr

@@ -1,6 +1,5 @@
 """The composition root: singletons, factories, wiring, disposal, and no import-time I/O."""
 
-import os
 import subprocess
 import sys
 import threading
@@ -18,7 +17,8 @@ from sqlalchemy.pool import QueuePool
 
 import containers
 from app.config import Settings
-from containers import Container, build_async_engine, build_engine, dispose_engines
+from containers import Container, dispose_engines
+from tests.conftest import engine_pair, settings_free_environ
 from tests.live_server import PROJECT_ROOT, free_port
 
 THREADS = 16
@@ -37,11 +37,8 @@ async def fresh(tmp_path: Path) -> AsyncIterator[Container]:
 
 @pytest.fixture
 async def other_engines(tmp_path: Path) -> AsyncIterator[tuple[Engine, AsyncEngine]]:
-    s = Settings(DATABASE_URL=f"sqlite:///{tmp_path / 'other.db'}")
-    engine, async_engine = build_engine(s), build_async_engine(s)
-    yield engine, async_engine
-    await async_engine.dispose()
-    engine.dispose()
+    async with engine_pair(Settings(DATABASE_URL=f"sqlite:///{tmp_path / 'other.db'}")) as engines:
+        yield engines
 
 
 def test_engine_providers_are_singletons(fresh: Container) -> None:
@@ -217,11 +214,10 @@ async def test_dispose_engines_leaves_overrides_alone(
 )
 def test_importing_the_app_opens_no_database(tmp_path: Path, url: str) -> None:
     database_url = url.format(tmp=tmp_path, closed=f"127.0.0.1:{free_port()}")
-    env = {k: v for k, v in os.environ.items() if k not in Settings.model_fields}
     code = "import app, app.main, app.database, containers; print(app.main.app.title)"
     result = subprocess.run(
         [sys.executable, "-c", code],
-        env={**env, "DATABASE_URL": database_url},
+        env=settings_free_environ(DATABASE_URL=database_url),
         cwd=PROJECT_ROOT,
         capture_output=True,
         text=True,

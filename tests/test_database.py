@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 from dependency_injector import providers
-from sqlalchemy import Connection, Engine, create_engine, event, func, inspect, select, text
+from sqlalchemy import Connection, Engine, create_engine, event, inspect, select, text
 from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from sqlalchemy.orm import Session
@@ -20,6 +20,7 @@ from app.database import AsyncSessionLocal, SessionLocal, ensure_database_schema
 from app.models import User
 from app.sqlite import BEGIN_MODE
 from containers import build_async_engine, build_engine, container
+from tests.conftest import count_rows, engine_pair
 
 BUSY_TIMEOUT_MS = 1234
 SYNCHRONOUS = {"OFF": 0, "NORMAL": 1, "FULL": 2, "EXTRA": 3}
@@ -53,11 +54,6 @@ async def sqlite_async_engine(tmp_path: Path) -> AsyncIterator[AsyncEngine]:
 
 def user(email: str) -> User:
     return User(email=email, hashed_password="not-a-real-hash")
-
-
-def count_users(engine: Engine) -> int:
-    with Session(engine) as session:
-        return session.scalar(select(func.count()).select_from(User)) or 0
 
 
 def emails(engine: Engine) -> set[str]:
@@ -216,9 +212,7 @@ def test_an_unknown_begin_mode_is_rejected(sqlite_engine: Engine) -> None:
 
 @pytest.mark.parametrize("url", ["sqlite://", "sqlite:///:memory:"])
 async def test_memory_database_is_shared_by_sync_and_async(url: str) -> None:
-    s = Settings(DATABASE_URL=url)
-    engine, async_engine = build_engine(s), build_async_engine(s)
-    try:
+    async with engine_pair(Settings(DATABASE_URL=url)) as (engine, async_engine):
         with (
             container.engine.override(engine),
             container.async_engine.override(async_engine),
@@ -230,9 +224,6 @@ async def test_memory_database_is_shared_by_sync_and_async(url: str) -> None:
                 assert session.scalars(select(User.email)).all() == [
                     f"memory-{len(url)}@example.com"
                 ]
-    finally:
-        await async_engine.dispose()
-        engine.dispose()
 
 
 @pytest.mark.parametrize("build", [build_engine, build_async_engine])
@@ -247,10 +238,10 @@ def test_a_missing_sqlite_folder_is_a_clear_error(tmp_path: Path, build: Any) ->
 
 
 def test_engine_attributes_follow_overrides(
-    engines: tuple[Engine, AsyncEngine], sqlite_engine: Engine, tmp_path: Path
+    engines: tuple[Engine, AsyncEngine], sqlite_engine: Engine, sqlite_async_engine: AsyncEngine
 ) -> None:
     engine, async_engine = engines
-    other_async = build_async_engine(sqlite_settings(tmp_path / "sqlite.db"))
+    other_async = sqlite_async_engine
     assert app.database.engine is engine
     assert app.database.async_engine is async_engine
     with container.engine.override(sqlite_engine), container.async_engine.override(other_async):
@@ -271,7 +262,7 @@ def test_unknown_module_attributes_raise_attribute_error() -> None:
 
 
 async def test_factories_imported_before_an_override_follow_it(
-    engines: tuple[Engine, AsyncEngine], sqlite_engine: Engine, tmp_path: Path
+    engines: tuple[Engine, AsyncEngine], sqlite_engine: Engine, sqlite_async_engine: AsyncEngine
 ) -> None:
     engine, async_engine = engines
     with SessionLocal() as session:
@@ -279,7 +270,7 @@ async def test_factories_imported_before_an_override_follow_it(
     async with AsyncSessionLocal() as async_session:
         assert async_session.bind is async_engine
 
-    other_async = build_async_engine(sqlite_settings(tmp_path / "sqlite.db"))
+    other_async = sqlite_async_engine
     with container.engine.override(sqlite_engine), container.async_engine.override(other_async):
         with SessionLocal() as session, SessionLocal.begin() as begun:
             assert session.get_bind() is sqlite_engine
@@ -287,7 +278,6 @@ async def test_factories_imported_before_an_override_follow_it(
         async with AsyncSessionLocal() as async_session, AsyncSessionLocal.begin() as begun_a:
             assert async_session.bind is other_async
             assert begun_a.bind is other_async
-    await other_async.dispose()
 
     with SessionLocal() as session:
         assert session.get_bind() is engine
@@ -328,7 +318,7 @@ async def async_add_then_fail() -> None:
 def test_begin_rolls_back_on_error(schema: Engine) -> None:
     with pytest.raises(RuntimeError, match="after the flush"):
         add_then_fail()
-    assert count_users(schema) == 0
+    assert count_rows(User) == 0
 
 
 async def test_async_begin_commits_on_success(schema: Engine) -> None:
@@ -340,7 +330,7 @@ async def test_async_begin_commits_on_success(schema: Engine) -> None:
 async def test_async_begin_rolls_back_on_error(schema: Engine) -> None:
     with pytest.raises(RuntimeError, match="after the flush"):
         await async_add_then_fail()
-    assert count_users(schema) == 0
+    assert count_rows(User) == 0
 
 
 def add_in_savepoint_then_fail(session: Session) -> None:

@@ -20,6 +20,7 @@ from app.deps import DatabaseBusyError, Gate, Reader, Writer
 from app.models import User
 from app.sqlite import is_sqlite
 from containers import build_async_engine, build_engine, container
+from tests.conftest import count_rows
 
 
 def _add_user(email: str) -> int:
@@ -151,8 +152,7 @@ async def test_a_write_that_raises_commits_nothing(schema: Engine) -> None:
     write = Writer(Gate(capacity=1, timeout=0.2))
     with pytest.raises(LookupError, match="after the insert"):
         await write(add_then_fail)
-    with SessionLocal() as session:
-        assert session.scalar(select(func.count(User.id))) == 0
+    assert count_rows(User) == 0
     assert _checked_out(schema) == 0
     assert await write(lambda session: session.scalar(text("SELECT 1"))) == 1  # slot freed
 
@@ -163,8 +163,7 @@ async def test_a_read_ignores_what_its_work_wrote(schema: Engine) -> None:
         session.flush()
 
     await Reader(Gate(capacity=1, timeout=1))(sneaky)
-    with SessionLocal() as session:
-        assert session.scalar(select(func.count(User.id))) == 0
+    assert count_rows(User) == 0
 
 
 @contextmanager
@@ -205,7 +204,7 @@ def test_sqlite_runs_two_reads_and_one_write_at_once_other_databases_fill_the_po
 
 
 @pytest.mark.parametrize(
-    ("settings", "expected"),
+    ("knobs", "expected"),
     [
         ({"MAX_CONCURRENT_READS": 6, "MAX_CONCURRENT_WRITES": 3}, (6, 3)),
         ({"MAX_CONCURRENT_READS": 1, "MAX_CONCURRENT_WRITES": 2}, (1, 2)),
@@ -222,9 +221,9 @@ def test_sqlite_runs_two_reads_and_one_write_at_once_other_databases_fill_the_po
     ],
 )
 def test_reads_and_writes_at_once_follow_the_settings_within_the_pool_and_threads(
-    database_url: str, settings: dict[str, int], expected: tuple[int, int]
+    database_url: str, knobs: dict[str, int], expected: tuple[int, int]
 ) -> None:
-    with serving(database_url, **settings) as client:
+    with serving(database_url, **knobs) as client:
         assert _at_once(client) == expected
         assert client.get("/health").status_code == 200
 

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from dependency_injector import providers
 from fastapi.testclient import TestClient
-from sqlalchemy import Engine, create_engine, func, select
+from sqlalchemy import Engine, create_engine
 from sqlalchemy.exc import (
     DisconnectionError,
     IntegrityError,
@@ -21,17 +21,16 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.orm import Session
 
 from app.config import Settings
-from app.database import SessionLocal
 from app.deps import DatabaseBusyError
 from app.main import app
 from app.models import Item, User
 from app.schemas import ItemCreate, UserCreate
 from app.services import ItemService, UserService
 from containers import container
+from tests.conftest import UNAVAILABLE, count_rows
 from tests.live_server import free_port
 
 SECRET = "s3cret-pa55word"
-UNAVAILABLE = {"detail": "Database is busy or unavailable, please retry"}
 
 REQUESTS: list[tuple[str, str, dict[str, Any] | None]] = [
     ("GET", "/users/", None),
@@ -41,11 +40,6 @@ REQUESTS: list[tuple[str, str, dict[str, Any] | None]] = [
     ("POST", "/users/", {"email": "alice@example.com", "password": SECRET}),
     ("POST", "/users/1/items/", {"title": "Pen"}),
 ]
-
-
-def count(model: type[User] | type[Item]) -> int:
-    with SessionLocal() as session:
-        return session.scalar(select(func.count()).select_from(model)) or 0
 
 
 def assert_no_internals(text: str) -> None:
@@ -134,7 +128,7 @@ def test_an_unexpected_error_is_500_json_without_internals(quiet_client: TestCli
     assert response.status_code == 500
     assert response.json() == {"detail": "Internal Server Error"}
     assert_no_internals(response.text)
-    assert count(User) == 0
+    assert count_rows(User) == 0
 
 
 def test_an_integrity_error_is_409_and_commits_nothing(quiet_client: TestClient) -> None:
@@ -146,7 +140,7 @@ def test_an_integrity_error_is_409_and_commits_nothing(quiet_client: TestClient)
     assert response.status_code == 409
     assert response.json() == {"detail": "Request conflicts with existing data"}
     assert_no_internals(response.text)
-    assert (count(User), count(Item)) == (0, 0)
+    assert (count_rows(User), count_rows(Item)) == (0, 0)
 
 
 def test_a_failed_item_write_commits_nothing(quiet_client: TestClient) -> None:
@@ -154,12 +148,12 @@ def test_a_failed_item_write_commits_nothing(quiet_client: TestClient) -> None:
     with container.item_service.override(providers.Object(FailingItemService())):
         response = quiet_client.post(f"/users/{owner['id']}/items/", json={"title": "Pen"})
     assert response.status_code == 500
-    assert count(Item) == 0
+    assert count_rows(Item) == 0
     assert (
         quiet_client.post(f"/users/{owner['id']}/items/", json={"title": "Pen"}).json()["title"]
         == "Pen"
     )
-    assert count(Item) == 1
+    assert count_rows(Item) == 1
 
 
 class RaisingReads(UserService):

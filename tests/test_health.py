@@ -6,6 +6,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import create_engine
 
 from containers import container
+from tests.conftest import UNAVAILABLE
 
 
 def test_health_is_ok(client: TestClient) -> None:
@@ -21,7 +22,7 @@ def test_health_is_503_when_the_database_is_unreachable(client: TestClient, tmp_
     unreachable.dispose()
     assert response.status_code == 503
     assert response.headers["retry-after"] == "1"
-    assert response.json() == {"detail": "Database is busy or unavailable, please retry"}
+    assert response.json() == UNAVAILABLE
     assert client.get("/health").json() == {"status": "ok"}
 
 

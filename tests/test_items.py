@@ -4,10 +4,9 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import func, select
 
-from app.database import SessionLocal
 from app.models import Item
+from tests.conftest import count_rows
 
 ITEM_KEYS = {"id", "title", "description", "owner_id"}
 
@@ -24,11 +23,6 @@ def create_item(client: TestClient, user_id: int, **body: Any) -> dict[str, Any]
     assert response.status_code == 200, response.text
     item: dict[str, Any] = response.json()
     return item
-
-
-def count_items() -> int:
-    with SessionLocal() as session:
-        return session.scalar(select(func.count()).select_from(Item)) or 0
 
 
 def test_create_item_returns_the_item(client: TestClient) -> None:
@@ -62,7 +56,7 @@ def test_create_item_for_a_missing_user_is_404(client: TestClient, user_id: int)
     response = client.post(f"/users/{user_id}/items/", json={"title": "Pen"})
     assert response.status_code == 404
     assert response.json() == {"detail": "User not found"}
-    assert count_items() == 0
+    assert count_rows(Item) == 0
 
 
 @pytest.mark.parametrize(
@@ -84,7 +78,7 @@ def test_invalid_item_bodies_are_422(client: TestClient, body: dict[str, Any]) -
     response = client.post(f"/users/{owner}/items/", json=body)
     assert response.status_code == 422
     assert isinstance(response.json()["detail"], list)
-    assert count_items() == 0
+    assert count_rows(Item) == 0
 
 
 @pytest.mark.parametrize("user_id", ["alice", str(-(2**31) - 1), str(2**31)])
@@ -92,7 +86,7 @@ def test_create_item_with_an_invalid_user_id_is_422(client: TestClient, user_id:
     response = client.post(f"/users/{user_id}/items/", json={"title": "Pen"})
     assert response.status_code == 422
     assert response.json()["detail"][0]["loc"] == ["path", "user_id"]
-    assert count_items() == 0
+    assert count_rows(Item) == 0
 
 
 def test_list_items_of_every_owner_in_creation_order(client: TestClient) -> None:

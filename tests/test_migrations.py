@@ -25,7 +25,7 @@ from app.cli import main
 from app.config import Settings
 from app.database import Base, ensure_database_schema, lock_schema
 from containers import container
-from tests.conftest import BACKEND
+from tests.conftest import BACKEND, settings_free_environ
 
 VERSIONS = Path(migrations.__file__).parent / "versions"
 SCRIPTS = ScriptDirectory.from_config(migrations.alembic_config())
@@ -355,8 +355,7 @@ def advisory_lock_waiters(engine: Engine) -> int:
 def test_concurrent_upgrades_from_any_directory_run_the_migration_once(
     engine: Engine, database_url: str, tmp_path: Path
 ) -> None:
-    env = {k: v for k, v in os.environ.items() if k not in Settings.model_fields}
-    env |= {"DATABASE_URL": database_url, "SQLITE_BUSY_TIMEOUT_MS": "60000"}
+    env = settings_free_environ(DATABASE_URL=database_url, SQLITE_BUSY_TIMEOUT_MS="60000")
     command_line = [sys.executable, "-m", "app.cli", "db", "upgrade"]
     with migration_lock(engine):
         processes = [

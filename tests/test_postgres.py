@@ -6,11 +6,8 @@ Tests marked ``needs_server`` run against ``TEST_DATABASE_URL``
 
 import asyncio
 import logging
-import os
 import secrets
 import socket
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -27,21 +24,19 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import ConnectionPoolEntry, QueuePool
 
 from app.config import Settings
-from app.database import AsyncSessionLocal, SessionLocal, ensure_database_schema
+from app.database import AsyncSessionLocal, ensure_database_schema
 from app.main import app
 from app.models import Item, User
 from containers import Container, build_async_engine, build_engine, container
+from tests.conftest import BACKEND, UNAVAILABLE, count_rows, engine_pair, run_app
 from tests.live_server import LiveServer
-from tests.load import Connection
+from tests.load import Connection, register_at_once
 
-SERVER_URL = os.environ.get("TEST_DATABASE_URL", "")
 needs_server = pytest.mark.skipif(
-    not SERVER_URL.startswith("postgresql"),
+    BACKEND != "postgresql",
     reason="needs a PostgreSQL server in TEST_DATABASE_URL: "
     "python scripts/with_postgres.py .venv/bin/pytest",
 )
-UNAVAILABLE = {"detail": "Database is busy or unavailable, please retry"}
-APP_COMMAND = str(Path(sys.executable).with_name("app"))
 
 
 @pytest.fixture
@@ -57,27 +52,11 @@ def with_password(url: str, password: str) -> str:
     return make_url(url).set(password=password).render_as_string(hide_password=False)
 
 
-def run_cli(tmp_path: Path, database_url: str, *args: str) -> subprocess.CompletedProcess[str]:
-    """``app ARGS`` with only DATABASE_URL set, outside the project (no .env, no config.yml)."""
-    env = {k: v for k, v in os.environ.items() if k not in Settings.model_fields}
-    return subprocess.run(
-        [APP_COMMAND, *args],
-        env={**env, "DATABASE_URL": database_url},
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-
-
 @needs_server
 @pytest.mark.parametrize("scheme", ["postgresql", "postgresql+psycopg"])
 async def test_one_url_gives_sync_and_async_psycopg_engines(database_url: str, scheme: str) -> None:
     url = make_url(database_url).set(drivername=scheme).render_as_string(hide_password=False)
-    s = Settings(DATABASE_URL=url)
-    engine, async_engine = build_engine(s), build_async_engine(s)
-    try:
+    async with engine_pair(Settings(DATABASE_URL=url)) as (engine, async_engine):
         assert (engine.dialect.name, engine.dialect.driver) == ("postgresql", "psycopg")
         assert (async_engine.dialect.name, async_engine.dialect.driver) == ("postgresql", "psycopg")
         assert (engine.dialect.is_async, async_engine.dialect.is_async) == (False, True)
@@ -86,9 +65,6 @@ async def test_one_url_gives_sync_and_async_psycopg_engines(database_url: str, s
             assert conn.scalar(text("SELECT current_database()")) == database
         async with async_engine.connect() as aconn:
             assert await aconn.scalar(text("SELECT current_database()")) == database
-    finally:
-        await async_engine.dispose()
-        engine.dispose()
 
 
 @pytest.mark.parametrize(
@@ -217,10 +193,8 @@ def test_health_is_200_on_postgresql(client: TestClient) -> None:
 async def unreachable_server(closed_port: int) -> AsyncIterator[tuple[Engine, AsyncEngine]]:
     """The container's own engines for a PostgreSQL URL whose port refuses connections."""
     s = Settings(DATABASE_URL=f"postgresql://app:pw@127.0.0.1:{closed_port}/app")
-    engine, async_engine = build_engine(s), build_async_engine(s)
-    yield engine, async_engine
-    await async_engine.dispose()
-    engine.dispose()
+    async with engine_pair(s) as engines:
+        yield engines
 
 
 def test_health_is_503_when_the_server_is_unreachable(
@@ -242,10 +216,8 @@ async def wrong_password(database_url: str) -> AsyncIterator[tuple[str, Engine, 
     """Engines for this test's database, with a password the server rejects."""
     password = f"wrong-{secrets.token_hex(8)}"
     s = Settings(DATABASE_URL=with_password(database_url, password))
-    engine, async_engine = build_engine(s), build_async_engine(s)
-    yield password, engine, async_engine
-    await async_engine.dispose()
-    engine.dispose()
+    async with engine_pair(s) as (engine, async_engine):
+        yield password, engine, async_engine
 
 
 @pytest.fixture
@@ -313,7 +285,7 @@ def test_a_wrong_password_is_503_and_never_echoed(
     assert password not in caplog.text
 
     url = engine.url.render_as_string(hide_password=False)
-    result = run_cli(tmp_path, url, "init-db")
+    result = run_app("init-db", env={"DATABASE_URL": url}, cwd=tmp_path, timeout=60)
     assert result.returncode == 1
     assert "password authentication failed" in result.stderr
     assert password not in result.stdout + result.stderr
@@ -323,9 +295,8 @@ def test_init_db_against_an_unreachable_server_is_one_clear_line(
     tmp_path: Path, closed_port: int
 ) -> None:
     password = f"secret-{secrets.token_hex(8)}"
-    result = run_cli(
-        tmp_path, f"postgresql://app:{password}@127.0.0.1:{closed_port}/app", "init-db"
-    )
+    url = f"postgresql://app:{password}@127.0.0.1:{closed_port}/app"
+    result = run_app("init-db", env={"DATABASE_URL": url}, cwd=tmp_path, timeout=60)
     assert result.returncode == 1
     assert result.stdout == ""
     lines = result.stderr.strip().splitlines()
@@ -341,10 +312,7 @@ async def _race(urls: list[str], email: str) -> list[int]:
     """One client per URL registers ``email`` at the same moment."""
     connections = [Connection(url, timeout=30) for url in urls]
     try:
-        # Connect first, so that the racing requests leave together.
-        await asyncio.gather(*(c.request("GET", "/health") for c in connections))
-        body = {"email": email, "password": "pw"}
-        responses = await asyncio.gather(*(c.request("POST", "/users/", body) for c in connections))
+        responses = await register_at_once(connections, email)
     finally:
         for c in connections:
             c.close()
@@ -361,8 +329,7 @@ def test_same_email_race_across_two_app_instances(database_url: str, schema: Eng
             assert Counter(statuses) == {200: 1, 400: 7}, statuses
         for server in (first, second):
             assert "Traceback" not in server.log_text()
-    with SessionLocal() as session:
-        assert session.scalar(select(func.count()).select_from(User)) == 2
+    assert count_rows(User) == 2
 
 
 @needs_server
@@ -388,5 +355,4 @@ def test_concurrent_schema_creation_is_queued(engine: Engine) -> None:
         for t in threads:
             t.join(timeout=60)
         assert errors == []
-    with SessionLocal() as session:
-        assert session.scalar(select(func.count()).select_from(User)) == 0
+    assert count_rows(User) == 0

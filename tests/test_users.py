@@ -8,13 +8,14 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.config import Settings
 from app.database import SessionLocal, ensure_database_schema
 from app.models import User
-from containers import build_async_engine, build_engine, container
+from containers import container
+from tests.conftest import count_rows, engine_pair
 
 USER_KEYS = {"id", "email", "is_active", "items"}
 PASSWORD = "correct horse battery staple"
@@ -193,19 +194,14 @@ def test_same_email_race_has_exactly_one_winner(client: TestClient) -> None:
     for t in threads:
         t.join(timeout=120)
     assert Counter(statuses) == {200: 1, 400: 7}
-    with SessionLocal() as session:
-        count = session.scalar(select(func.count()).where(User.email == "race@example.com"))
-    assert count == 1
+    assert count_rows(User, User.email == "race@example.com") == 1
 
 
 @pytest.fixture
 async def second_database(tmp_path: Path) -> AsyncIterator[tuple[Engine, AsyncEngine]]:
     """Another database, of another backend when the tests run on PostgreSQL."""
-    s = Settings(DATABASE_URL=f"sqlite:///{tmp_path / 'second.db'}")
-    engine, async_engine = build_engine(s), build_async_engine(s)
-    yield engine, async_engine
-    await async_engine.dispose()
-    engine.dispose()
+    async with engine_pair(Settings(DATABASE_URL=f"sqlite:///{tmp_path / 'second.db'}")) as engines:
+        yield engines
 
 
 def test_provider_overrides_reach_http_requests(
