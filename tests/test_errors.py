@@ -119,26 +119,24 @@ class FailingItemService(ItemService):
         raise RuntimeError("boom after the flush")
 
 
-def test_an_unexpected_error_is_500_json_without_internals(quiet_client: TestClient) -> None:
-    service = FailingUserService(container.password_hasher())
-    with container.user_service.override(providers.Object(service)):
+@pytest.mark.parametrize(
+    ("service", "status", "detail"),
+    [
+        pytest.param(FailingUserService, 500, "Internal Server Error", id="unexpected-500"),
+        pytest.param(
+            OrphanItemUserService, 409, "Request conflicts with existing data", id="integrity-409"
+        ),
+    ],
+)
+def test_a_failed_registration_is_clean_json_and_commits_nothing(
+    quiet_client: TestClient, service: type[UserService], status: int, detail: str
+) -> None:
+    with container.user_service.override(providers.Object(service(container.password_hasher()))):
         response = quiet_client.post(
             "/users/", json={"email": "alice@example.com", "password": SECRET}
         )
-    assert response.status_code == 500
-    assert response.json() == {"detail": "Internal Server Error"}
-    assert_no_internals(response.text)
-    assert count_rows(User) == 0
-
-
-def test_an_integrity_error_is_409_and_commits_nothing(quiet_client: TestClient) -> None:
-    service = OrphanItemUserService(container.password_hasher())
-    with container.user_service.override(providers.Object(service)):
-        response = quiet_client.post(
-            "/users/", json={"email": "alice@example.com", "password": SECRET}
-        )
-    assert response.status_code == 409
-    assert response.json() == {"detail": "Request conflicts with existing data"}
+    assert response.status_code == status
+    assert response.json() == {"detail": detail}
     assert_no_internals(response.text)
     assert (count_rows(User), count_rows(Item)) == (0, 0)
 
