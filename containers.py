@@ -1,20 +1,32 @@
 """The composition root: the only place that builds engines, session factories and services."""
 
 import math
-from typing import Any
+from typing import Any, NamedTuple
 
 from dependency_injector import containers, providers
 from pwdlib import PasswordHash
 from sqlalchemy import Engine, create_engine, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
 from sqlalchemy.orm import Session
-from sqlalchemy.pool import AsyncAdaptedQueuePool, QueuePool, StaticPool
+from sqlalchemy.pool import AssertionPool, AsyncAdaptedQueuePool, QueuePool, StaticPool
 
 from app import sqlite
 from app.config import Settings, async_url, settings
 from app.services import ItemService, UserService
+from app.transactions import Gate, Reader, Writer
 
-__all__ = ["Container", "build_async_engine", "build_engine", "container", "dispose_engines"]
+__all__ = [
+    "SQLITE_CONCURRENT_READS",
+    "SQLITE_CONCURRENT_WRITES",
+    "Container",
+    "Gates",
+    "build_async_engine",
+    "build_engine",
+    "build_gates",
+    "container",
+    "dispose_engines",
+    "reset_units",
+]
 
 
 _LIBPQ_DRIVERS = ("psycopg", "psycopg_async", "psycopg2")
@@ -87,6 +99,39 @@ def build_async_engine(s: Settings) -> AsyncEngine:
     return engine
 
 
+SQLITE_CONCURRENT_READS = 2
+"""Reads at once on SQLite by default: its reads are CPU work in this process, so more
+threads only fight over the GIL."""
+SQLITE_CONCURRENT_WRITES = 1
+"""Writes at once on SQLite by default: it has one writer; the rest queue in the process."""
+
+
+class Gates(NamedTuple):
+    read: Gate
+    write: Gate
+
+
+def _gate(s: Settings, engine: Engine, wanted: int | None, sqlite_default: int) -> Gate:
+    """A gate for ``wanted`` units of work at once (or the backend's default), but never
+    more than the thread pool or the connection pool can serve."""
+    if wanted is None and engine.dialect.name == "sqlite":
+        wanted = sqlite_default
+    pool = s.DB_POOL_SIZE + s.DB_MAX_OVERFLOW  # what both backends' sync pools hold
+    return Gate(min(s.THREADPOOL_SIZE, wanted or pool, pool), s.DB_QUEUE_TIMEOUT)
+
+
+def build_gates(s: Settings, engine: Engine) -> Gates:
+    """The read gate and the write gate in front of ``engine``, sized from the settings."""
+    if isinstance(engine.pool, StaticPool | AssertionPool):
+        # One connection, handed out without waiting: one unit of work at a time, any kind.
+        one = Gate(1, s.DB_QUEUE_TIMEOUT)
+        return Gates(one, one)
+    return Gates(
+        read=_gate(s, engine, s.MAX_CONCURRENT_READS, SQLITE_CONCURRENT_READS),
+        write=_gate(s, engine, s.MAX_CONCURRENT_WRITES, SQLITE_CONCURRENT_WRITES),
+    )
+
+
 class Container(containers.DeclarativeContainer):
     """Settings flow into engine singletons, session factories and services."""
 
@@ -98,12 +143,23 @@ class Container(containers.DeclarativeContainer):
     session = providers.Factory(Session, bind=engine, expire_on_commit=False)
     async_session = providers.Factory(AsyncSession, bind=async_engine, expire_on_commit=False)
 
+    gates = providers.ThreadSafeSingleton(build_gates, settings, engine)
+    reader = providers.ThreadSafeSingleton(Reader, gates.provided.read, session.provider)
+    writer = providers.ThreadSafeSingleton(Writer, gates.provided.write, session.provider)
+
     password_hasher = providers.Singleton(PasswordHash.recommended)
     user_service = providers.Factory(UserService, hasher=password_hasher)
     item_service = providers.Factory(ItemService)
 
 
 container = Container()
+
+
+def reset_units(c: Container = container) -> None:
+    """Build the gates and units of work afresh at next use, from the current settings and
+    engine: the app does this at startup, so it never serves with a previous run's gates."""
+    for provider in (c.gates, c.reader, c.writer):
+        provider.reset()
 
 
 async def dispose_engines(c: Container = container) -> None:

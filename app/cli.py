@@ -29,6 +29,7 @@ def _init_db(args: argparse.Namespace) -> int:
 
     from app import migrations
     from app.database import ensure_database_schema
+    from app.exceptions import UnversionedDatabaseError
     from containers import container
 
     s = container.settings()
@@ -40,7 +41,7 @@ def _init_db(args: argparse.Namespace) -> int:
             with _alembic_progress():
                 migrations.upgrade()
             print("app: database is at the head revision")
-    except (SQLAlchemyError, CommandError, migrations.UnversionedDatabaseError) as error:
+    except (SQLAlchemyError, CommandError, UnversionedDatabaseError) as error:
         where = make_url(s.DATABASE_URL).render_as_string(hide_password=True)
         print(f"app: cannot create the schema on {where}: {_reason(error)}", file=sys.stderr)
         return 1
@@ -61,6 +62,7 @@ def _db(args: argparse.Namespace) -> int:
     from sqlalchemy.exc import SQLAlchemyError
 
     from app import migrations
+    from app.exceptions import UnversionedDatabaseError
 
     config = migrations.alembic_config()
     actions: dict[str, Callable[[], object]] = {
@@ -76,7 +78,7 @@ def _db(args: argparse.Namespace) -> int:
     try:
         with _alembic_progress():
             actions[args.db_command]()
-    except (SQLAlchemyError, CommandError, migrations.UnversionedDatabaseError) as error:
+    except (SQLAlchemyError, CommandError, UnversionedDatabaseError) as error:
         print(f"app db {args.db_command}: {str(error).splitlines()[0]}", file=sys.stderr)
         return 1
     return 0

@@ -16,19 +16,21 @@ these names before the override.
 ...         return 0
 """
 
-from __future__ import annotations
-
-import functools
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, Engine, MetaData, text
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
-from sqlalchemy.orm import DeclarativeBase, Session
+from sqlalchemy import Connection, text
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
+
+import app.models  # noqa: F401  (registers every table on Base.metadata)
+from app.base import Base
+from containers import container
 
 if TYPE_CHECKING:
-    from containers import Container
+    from sqlalchemy import Engine
+    from sqlalchemy.ext.asyncio import AsyncEngine
 
 __all__ = [
     "AsyncSessionLocal",
@@ -41,35 +43,11 @@ __all__ = [
 ]
 
 
-class Base(DeclarativeBase):
-    """The declarative base of every model."""
-
-    # Named constraints: migrations can drop or alter them by name on every backend.
-    metadata = MetaData(
-        naming_convention={
-            "ix": "ix_%(column_0_label)s",
-            "uq": "uq_%(table_name)s_%(column_0_name)s",
-            "ck": "ck_%(table_name)s_%(constraint_name)s",
-            "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
-            "pk": "pk_%(table_name)s",
-        }
-    )
-
-
-@functools.cache
-def _container() -> Container:
-    # containers imports the models, which import this module: import it at first use, and
-    # only once (an import statement costs ~1 µs per call, as much as building a Session).
-    from containers import container
-
-    return container
-
-
 class _SessionFactory:
     """``sessionmaker``'s calling conventions over ``container.session``."""
 
     def __call__(self, **kw: Any) -> Session:
-        session: Session = _container().session(**kw)
+        session: Session = container.session(**kw)
         return session
 
     @contextmanager
@@ -86,7 +64,7 @@ class _AsyncSessionFactory:
     """``async_sessionmaker``'s calling conventions over ``container.async_session``."""
 
     def __call__(self, **kw: Any) -> AsyncSession:
-        session: AsyncSession = _container().async_session(**kw)
+        session: AsyncSession = container.async_session(**kw)
         return session
 
     @asynccontextmanager
@@ -121,18 +99,16 @@ def lock_schema(connection: Connection) -> None:
 
 def ensure_database_schema() -> None:
     """Create the missing tables on the current sync engine; idempotent."""
-    import app.models  # noqa: F401  (registers every table on Base.metadata)
-
-    with _container().engine().begin() as connection:
+    with container.engine().begin() as connection:
         lock_schema(connection)
         Base.metadata.create_all(connection)
 
 
 def __getattr__(name: str) -> Any:
     if name == "engine":
-        return _container().engine()
+        return container.engine()
     if name == "async_engine":
-        return _container().async_engine()
+        return container.async_engine()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

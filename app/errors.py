@@ -6,8 +6,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy import exc
 
-from app.deps import DatabaseBusyError
-from app.services import EmailAlreadyRegisteredError
+from app.exceptions import DatabaseBusyError, EmailAlreadyRegisteredError, WriteInReadError
 
 __all__ = ["install_error_handlers"]
 
@@ -28,24 +27,33 @@ async def _email_taken(request: Request, error: Exception) -> JSONResponse:
 
 
 async def _conflict(request: Request, error: Exception) -> JSONResponse:
-    log.info("integrity error on %s %s: %s", request.method, request.url.path, error)
+    log.info("integrity error on %s: %s", _endpoint(request), error)
     return JSONResponse({"detail": "Request conflicts with existing data"}, status_code=409)
 
 
 async def _unavailable(request: Request, error: Exception) -> JSONResponse:
     # No stack trace: this is load or an outage, not a bug. The message may name the cause
     # ("database is locked", "connection refused") but never a password: SQLAlchemy hides it.
-    log.warning(
-        "database unavailable on %s %s: %s",
-        request.method,
-        request.url.path,
-        str(error).splitlines()[0],
-    )
+    log.warning("database unavailable on %s: %s", _endpoint(request), str(error).splitlines()[0])
     return JSONResponse(
         {"detail": "Database is busy or unavailable, please retry"},
         status_code=503,
         headers={"Retry-After": RETRY_AFTER_SECONDS},
     )
+
+
+def _endpoint(request: Request) -> str:
+    """``GET /users/{user_id} (read_user)``: the route template, never the raw path."""
+    route = request.scope.get("route")
+    path = getattr(route, "path", request.url.path)
+    name = getattr(route, "name", "?")
+    return f"{request.method} {path} ({name})"
+
+
+async def _write_in_read(request: Request, error: Exception) -> JSONResponse:
+    # A bug in the endpoint, caught before anything was committed or silently dropped.
+    log.error("write attempted in a read transaction by %s: %s", _endpoint(request), error)
+    return await _internal(request, error)
 
 
 async def _internal(request: Request, error: Exception) -> JSONResponse:
@@ -54,6 +62,7 @@ async def _internal(request: Request, error: Exception) -> JSONResponse:
 
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(EmailAlreadyRegisteredError, _email_taken)
+    app.add_exception_handler(WriteInReadError, _write_in_read)
     app.add_exception_handler(exc.IntegrityError, _conflict)
     for error in _UNAVAILABLE:
         app.add_exception_handler(error, _unavailable)

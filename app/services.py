@@ -13,14 +13,11 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
+from app.exceptions import EmailAlreadyRegisteredError
 from app.models import Item, User
 from app.schemas import ItemCreate, UserCreate
 
-__all__ = ["EmailAlreadyRegisteredError", "ItemService", "UserService"]
-
-
-class EmailAlreadyRegisteredError(Exception):
-    """A user with this e-mail exists; the unique constraint decided it."""
+__all__ = ["ItemService", "UserService"]
 
 
 class UserService:
@@ -30,7 +27,7 @@ class UserService:
     def get(self, session: Session, user_id: int) -> User | None:
         return session.get(User, user_id, options=[selectinload(User.items)])
 
-    def list(self, session: Session, *, skip: int, limit: int) -> Sequence[User]:
+    def get_page(self, session: Session, *, skip: int, limit: int) -> Sequence[User]:
         query = select(User).options(selectinload(User.items)).order_by(User.id)
         return session.scalars(query.offset(skip).limit(limit)).all()
 
@@ -52,7 +49,7 @@ class UserService:
 
 
 class ItemService:
-    def list(self, session: Session, *, skip: int, limit: int) -> Sequence[Item]:
+    def get_page(self, session: Session, *, skip: int, limit: int) -> Sequence[Item]:
         return session.scalars(select(Item).order_by(Item.id).offset(skip).limit(limit)).all()
 
     def create_for_user(self, session: Session, user_id: int, item_in: ItemCreate) -> Item | None:

@@ -10,6 +10,7 @@ from sqlalchemy.pool import ConnectionPoolEntry
 
 __all__ = [
     "BEGIN_MODE",
+    "QUERY_ONLY",
     "check_database_folder",
     "install_hooks",
     "is_memory",
@@ -20,6 +21,9 @@ __all__ = [
 BEGIN_MODE = "sqlite_begin"
 """Execution option naming the BEGIN flavour: "IMMEDIATE" (the default) or "DEFERRED"."""
 _BEGIN_MODES = ("IMMEDIATE", "DEFERRED", "EXCLUSIVE")
+QUERY_ONLY = "sqlite_query_only"
+"""Execution option: when true, the transaction runs with ``PRAGMA query_only``, so any
+statement that would change the database fails with SQLITE_READONLY."""
 
 
 def is_sqlite(url: str | URL) -> bool:
@@ -69,21 +73,36 @@ def install_hooks(engine: Engine, *, busy_timeout_ms: int, synchronous: str) -> 
     @event.listens_for(engine, "connect")
     def _pragmas(dbapi_connection: Any, conn_rec: ConnectionPoolEntry) -> None:
         dbapi_connection.isolation_level = None
-        cursor = dbapi_connection.cursor()
-        try:
-            cursor.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
-            cursor.execute("PRAGMA journal_mode = WAL")
-            cursor.execute(f"PRAGMA synchronous = {synchronous}")
-            cursor.execute("PRAGMA foreign_keys = ON")
-        finally:
-            cursor.close()
+        _pragma(dbapi_connection, f"busy_timeout = {int(busy_timeout_ms)}")
+        _pragma(dbapi_connection, "journal_mode = WAL")
+        _pragma(dbapi_connection, f"synchronous = {synchronous}")
+        _pragma(dbapi_connection, "foreign_keys = ON")
 
     @event.listens_for(engine, "begin")
     def _begin(conn: Connection) -> None:
-        mode = conn.get_execution_options().get(BEGIN_MODE, "IMMEDIATE")
+        options = conn.get_execution_options()
+        mode = options.get(BEGIN_MODE, "IMMEDIATE")
         if mode not in _BEGIN_MODES:
             raise ValueError(f"{BEGIN_MODE} must be one of {_BEGIN_MODES}, got {mode!r}")
         conn.exec_driver_sql(f"BEGIN {mode}")
+        if options.get(QUERY_ONLY):
+            _pragma(conn.connection, "query_only = ON")
+            conn.info[QUERY_ONLY] = True
+
+    @event.listens_for(engine, "commit")
+    @event.listens_for(engine, "rollback")
+    def _end(conn: Connection) -> None:
+        # The pragma belongs to the DBAPI connection, which the pool hands to the next user.
+        if conn.info.pop(QUERY_ONLY, False):
+            _pragma(conn.connection, "query_only = OFF")
+
+
+def _pragma(dbapi_connection: Any, pragma: str) -> None:
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute(f"PRAGMA {pragma}")
+    finally:
+        cursor.close()
 
 
 def shared_memory_url(url: str | URL) -> str:

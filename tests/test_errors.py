@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.orm import Session
 
 from app.config import Settings
-from app.deps import DatabaseBusyError
+from app.exceptions import DatabaseBusyError
 from app.main import app
 from app.models import Item, User
 from app.schemas import ItemCreate, UserCreate
@@ -159,7 +159,7 @@ class RaisingReads(UserService):
         super().__init__(container.password_hasher())
         self.error = error
 
-    def list(self, session: Session, *, skip: int, limit: int) -> Sequence[User]:
+    def get_page(self, session: Session, *, skip: int, limit: int) -> Sequence[User]:
         raise self.error
 
 
@@ -194,10 +194,10 @@ class BlockingReads(UserService):
         self.entered = threading.Event()
         self.release = threading.Event()
 
-    def list(self, session: Session, *, skip: int, limit: int) -> Sequence[User]:
+    def get_page(self, session: Session, *, skip: int, limit: int) -> Sequence[User]:
         self.entered.set()
         self.release.wait(timeout=30)
-        return super().list(session, skip=skip, limit=limit)
+        return super().get_page(session, skip=skip, limit=limit)
 
 
 class TestBusyGate:

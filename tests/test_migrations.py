@@ -24,6 +24,7 @@ from app import migrations
 from app.cli import main
 from app.config import Settings
 from app.database import Base, ensure_database_schema, lock_schema
+from app.exceptions import UnversionedDatabaseError
 from containers import container
 from tests.conftest import BACKEND, settings_free_environ
 
@@ -230,7 +231,7 @@ def test_startup_refuses_to_migrate_an_unversioned_database(
     chosen = settings.model_copy(update={"MIGRATE_ON_STARTUP": True})
     with (
         container.settings.override(chosen),
-        pytest.raises(migrations.UnversionedDatabaseError),
+        pytest.raises(UnversionedDatabaseError),
         TestClient(app),
     ):
         pass

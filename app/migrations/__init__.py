@@ -7,10 +7,10 @@ from typing import TYPE_CHECKING, Literal
 from sqlalchemy import inspect
 from sqlalchemy.engine import URL
 
-import app.models  # noqa: F401  (registers every table on Base.metadata)
 from app import sqlite
 from app.config import Settings
 from app.database import Base
+from app.exceptions import UnversionedDatabaseError
 from containers import container
 
 if TYPE_CHECKING:
@@ -19,17 +19,12 @@ if TYPE_CHECKING:
 
 __all__ = [
     "SchemaSetup",
-    "UnversionedDatabaseError",
     "alembic_config",
     "schema_setup",
     "upgrade",
 ]
 
 SchemaSetup = Literal["migrate", "create_all", "none"]
-
-
-class UnversionedDatabaseError(RuntimeError):
-    """The database has the app's tables but no Alembic revision: create_all made it."""
 
 
 def alembic_config() -> "Config":

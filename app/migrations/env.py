@@ -6,7 +6,6 @@ from alembic import context
 from alembic.util import CommandError
 from sqlalchemy import Connection
 
-import app.models  # noqa: F401  (registers every table on Base.metadata)
 from app.database import Base, lock_schema
 from containers import container
 

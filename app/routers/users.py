@@ -1,22 +1,16 @@
 """/users: create, list and fetch users; create their items."""
 
 from collections.abc import Sequence
-from typing import Annotated
 
 from dependency_injector.wiring import inject
-from fastapi import APIRouter, Depends, HTTPException
+from fastapi import APIRouter, HTTPException
 
-from app.deps import AsyncProvide, Read, Write
+from app.deps import Items, Read, Users, Write
 from app.models import Item, User
 from app.routers.paging import Id, Limit, Skip
 from app.schemas import ItemCreate, ItemRead, UserCreate, UserRead
-from app.services import ItemService, UserService
-from containers import Container
 
 router = APIRouter(prefix="/users", tags=["users"])
-
-Users = Annotated[UserService, Depends(AsyncProvide[Container.user_service])]
-Items = Annotated[ItemService, Depends(AsyncProvide[Container.item_service])]
 
 
 @router.post("/", response_model=UserRead)
@@ -33,7 +27,7 @@ async def read_users(
     read: Read, users: Users, skip: Skip = 0, limit: Limit = 100
 ) -> Sequence[User]:
     """List users with their items, oldest first."""
-    return await read(users.list, skip=skip, limit=limit)
+    return await read(users.get_page, skip=skip, limit=limit)
 
 
 @router.get("/{user_id}", response_model=UserRead)

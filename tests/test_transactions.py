@@ -1,8 +1,10 @@
-"""app.deps.Reader / Writer: a unit of work takes one worker thread, a gate slot and a session."""
+"""app.transactions.Reader / Writer: a unit of work takes one worker thread, a gate slot and a
+session; a read cannot write."""
 
+import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -10,15 +12,17 @@ import anyio
 import pytest
 from dependency_injector import providers
 from fastapi.testclient import TestClient
-from sqlalchemy import Engine, func, select, text
+from sqlalchemy import Engine, delete, func, insert, select, text
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import QueuePool
 
 from app.config import Settings
 from app.database import SessionLocal
-from app.deps import DatabaseBusyError, Gate, Reader, Writer
+from app.exceptions import DatabaseBusyError, WriteInReadError
 from app.models import User
+from app.services import UserService
 from app.sqlite import is_sqlite
+from app.transactions import Gate, Reader, Writer
 from containers import build_async_engine, build_engine, container
 from tests.conftest import count_rows
 
@@ -49,7 +53,7 @@ async def test_a_read_runs_in_a_worker_thread_inside_a_transaction_and_closes_it
         seen["in_transaction"] = session.in_transaction()
         return email
 
-    read = Reader(Gate(capacity=2, timeout=1))
+    read = Reader(Gate(capacity=2, timeout=1), container.session)
     assert await read(email_of, user_id) == "reader@example.com"
     assert seen["thread"] != threading.get_ident()
     assert seen["in_transaction"] is True
@@ -64,7 +68,7 @@ async def test_an_error_in_a_read_propagates_and_frees_the_slot_and_connection(
         session.execute(text("SELECT 1"))
         raise LookupError("no such thing")
 
-    read = Reader(Gate(capacity=1, timeout=0.2))
+    read = Reader(Gate(capacity=1, timeout=0.2), container.session)
     with pytest.raises(LookupError, match="no such thing"):
         await read(fail)
     assert _checked_out(schema) == 0
@@ -89,7 +93,7 @@ async def test_reads_past_capacity_wait_on_the_event_loop_not_in_threads(schema:
             with lock:
                 running -= 1
 
-    read = Reader(Gate(capacity=capacity, timeout=10))
+    read = Reader(Gate(capacity=capacity, timeout=10), container.session)
     results: list[int] = []
 
     async def one() -> None:
@@ -107,7 +111,7 @@ async def test_a_read_that_cannot_get_a_slot_in_time_is_database_busy(schema: En
     await gate.acquire()  # someone else holds the only slot
     try:
         with pytest.raises(DatabaseBusyError, match=r"within 0\.1s"):
-            await Reader(gate)(lambda session: session.scalar(text("SELECT 1")))
+            await Reader(gate, container.session)(lambda session: session.scalar(text("SELECT 1")))
     finally:
         gate.release()
 
@@ -137,7 +141,7 @@ async def test_a_write_commits_when_the_work_returns(schema: Engine) -> None:
         session.flush()
         return user.id
 
-    user_id = await Writer(Gate(capacity=1, timeout=1))(add, "w@example.com")
+    user_id = await Writer(Gate(capacity=1, timeout=1), container.session)(add, "w@example.com")
     with SessionLocal() as session:
         assert session.get(User, user_id) is not None
     assert _checked_out(schema) == 0
@@ -149,7 +153,7 @@ async def test_a_write_that_raises_commits_nothing(schema: Engine) -> None:
         session.flush()
         raise LookupError("after the insert")
 
-    write = Writer(Gate(capacity=1, timeout=0.2))
+    write = Writer(Gate(capacity=1, timeout=0.2), container.session)
     with pytest.raises(LookupError, match="after the insert"):
         await write(add_then_fail)
     assert count_rows(User) == 0
@@ -157,13 +161,89 @@ async def test_a_write_that_raises_commits_nothing(schema: Engine) -> None:
     assert await write(lambda session: session.scalar(text("SELECT 1"))) == 1  # slot freed
 
 
-async def test_a_read_ignores_what_its_work_wrote(schema: Engine) -> None:
-    def sneaky(session: Session) -> None:
-        session.add(User(email="sneaky@example.com", hashed_password="-"))
-        session.flush()
+def _add(session: Session) -> None:
+    session.add(User(email="sneaky@example.com", hashed_password="-"))
 
-    await Reader(Gate(capacity=1, timeout=1))(sneaky)
+
+def _add_and_flush(session: Session) -> None:
+    _add(session)
+    session.flush()
+
+
+def _add_then_query(session: Session) -> None:
+    _add(session)
+    session.scalar(select(func.count(User.id)))  # autoflush
+
+
+def _insert_statement(session: Session) -> None:
+    session.execute(insert(User).values(email="core@example.com", hashed_password="-"))
+
+
+def _insert_sql(session: Session) -> None:
+    session.execute(text("INSERT INTO users (email, hashed_password) VALUES ('t@x.io', '-')"))
+
+
+def _change(session: Session) -> None:
+    user = session.scalars(select(User)).one()
+    user.email = "changed@example.com"
+
+
+def _delete_statement(session: Session) -> None:
+    session.execute(delete(User))
+
+
+@pytest.mark.parametrize(
+    "work",
+    [
+        _add,
+        _add_and_flush,
+        _add_then_query,
+        _insert_statement,
+        _insert_sql,
+        _change,
+        _delete_statement,
+    ],
+)
+async def test_a_read_that_writes_fails_loudly_and_changes_nothing(
+    schema: Engine, work: Callable[[Session], None]
+) -> None:
+    _add_user("kept@example.com")
+    read = Reader(Gate(capacity=1, timeout=1), container.session)
+    with pytest.raises(WriteInReadError, match=work.__name__):
+        await read(work)
+    with SessionLocal() as session:
+        assert session.scalars(select(User.email)).all() == ["kept@example.com"]
+    assert _checked_out(schema) == 0
+    # The same pooled connection serves a write next: the read-only mode went with the read.
+    user_id = await Writer(Gate(capacity=1, timeout=1), container.session)(_add_and_return_id)
+    assert count_rows(User, User.id == user_id) == 1
+
+
+def _add_and_return_id(session: Session) -> int:
+    user = User(email="after@example.com", hashed_password="-")
+    session.add(user)
+    session.flush()
+    return user.id
+
+
+def test_an_endpoint_whose_read_writes_answers_500_and_logs_the_endpoint(
+    client: TestClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    class WritingUsers(UserService):
+        def get_page(self, session: Session, *, skip: int, limit: int) -> Sequence[User]:
+            session.add(User(email="ghost@example.com", hashed_password="-"))
+            return super().get_page(session, skip=skip, limit=limit)
+
+    with container.user_service.override(
+        providers.Factory(WritingUsers, hasher=container.password_hasher)
+    ):
+        response = client.get("/users/")
+    assert response.status_code == 500
+    assert response.json() == {"detail": "Internal Server Error"}
     assert count_rows(User) == 0
+    [record] = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert "GET /users/ (read_users)" in record.getMessage()
+    assert "WritingUsers.get_page" in record.getMessage()
 
 
 @contextmanager
@@ -186,11 +266,10 @@ def serving(database_url: str, **settings: Any) -> Iterator[TestClient]:
         anyio.run(async_engine.dispose)
 
 
-def _at_once(client: TestClient) -> tuple[int, int]:
+def _at_once() -> tuple[int, int]:
     """(reads, writes) the started app runs at once."""
-    state = client.app.state  # type: ignore[attr-defined]
-    reader: Reader = state.reader
-    writer: Writer = state.writer
+    reader: Reader = container.reader()
+    writer: Writer = container.writer()
     return reader.gate.capacity, writer.gate.capacity
 
 
@@ -199,7 +278,7 @@ def test_sqlite_runs_two_reads_and_one_write_at_once_other_databases_fill_the_po
 ) -> None:
     with serving(database_url, DB_POOL_SIZE=4, DB_MAX_OVERFLOW=3) as client:
         expected = (2, 1) if is_sqlite(database_url) else (4 + 3, 4 + 3)
-        assert _at_once(client) == expected
+        assert _at_once() == expected
         assert client.get("/health").status_code == 200
 
 
@@ -224,17 +303,16 @@ def test_reads_and_writes_at_once_follow_the_settings_within_the_pool_and_thread
     database_url: str, knobs: dict[str, int], expected: tuple[int, int]
 ) -> None:
     with serving(database_url, **knobs) as client:
-        assert _at_once(client) == expected
+        assert _at_once() == expected
         assert client.get("/health").status_code == 200
 
 
 def test_an_in_memory_database_serves_concurrent_reads_and_writes() -> None:
     """One connection shared without waiting (StaticPool): reads and writes take turns."""
     with serving("sqlite://") as client:
-        reads, writes = _at_once(client)
+        reads, writes = _at_once()
         assert (reads, writes) == (1, 1)
-        state = client.app.state  # type: ignore[attr-defined]
-        assert state.reader.gate is state.writer.gate
+        assert container.reader().gate is container.writer().gate
         owner = client.post("/users/", json={"email": "m@example.com", "password": "pw"})
         assert owner.status_code == 200
         path = f"/users/{owner.json()['id']}"

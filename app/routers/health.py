@@ -1,0 +1,27 @@
+"""/health: readiness, answered by the database."""
+
+from dependency_injector.wiring import inject
+from fastapi import APIRouter
+from pydantic import BaseModel
+from sqlalchemy import text
+from sqlalchemy.orm import Session
+
+from app.deps import Read
+
+router = APIRouter(tags=["health"])
+
+
+class Health(BaseModel):
+    status: str
+
+
+def _ping(session: Session) -> None:
+    session.execute(text("SELECT 1"))
+
+
+@router.get("/health")
+@inject
+async def health(read: Read) -> Health:
+    """200 when the database answers, 503 otherwise."""
+    await read(_ping)
+    return Health(status="ok")
