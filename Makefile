@@ -3,7 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test test-sqlite test-postgres lint format bench clean
+.PHONY: run test test-sqlite test-postgres coverage lint format bench clean
 
 $(BIN)/app: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -14,18 +14,25 @@ $(BIN)/app: pyproject.toml
 run: $(BIN)/app  ## serve the API on http://127.0.0.1:8000 (SQLite by default)
 	$(BIN)/app serve
 
-test: test-sqlite test-postgres  ## the whole suite on SQLite, then on a real PostgreSQL
+test:  ## the whole suite on SQLite, then on a real PostgreSQL; branch coverage of both
+	rm -f .coverage .coverage.*
+	$(MAKE) test-sqlite test-postgres
+	$(MAKE) coverage
 
 test-sqlite: $(BIN)/app
-	$(BIN)/pytest
+	$(BIN)/coverage run -m pytest
 
 test-postgres: $(BIN)/app
-	$(BIN)/python scripts/with_postgres.py $(BIN)/pytest
+	$(BIN)/python scripts/with_postgres.py $(BIN)/coverage run -m pytest
+
+coverage: $(BIN)/app  ## combine the runs' data; fails below fail_under in pyproject.toml
+	$(BIN)/coverage combine --quiet
+	$(BIN)/coverage report
 
 lint: $(BIN)/app
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy --strict app containers.py tests
+	$(BIN)/mypy --strict app containers.py tests bench scripts
 
 format: $(BIN)/app
 	$(BIN)/ruff check --fix .
@@ -35,4 +42,4 @@ bench: $(BIN)/app  ## benchmarks against plain baselines; prints a table
 	$(BIN)/python -m bench
 
 clean:
-	rm -rf $(VENV) *.egg-info .mypy_cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) *.egg-info .mypy_cache .pytest_cache .ruff_cache .coverage .coverage.*

@@ -10,6 +10,10 @@ Title = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, ma
 
 
 class ItemCreate(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"title": "Pen", "description": "blue ink"}]}
+    )
+
     title: Title
     description: Annotated[str, Field(max_length=2000)] | None = None
 
@@ -24,6 +28,10 @@ class ItemRead(BaseModel):
 
 
 class UserCreate(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"email": "alice@example.com", "password": "s3cret"}]}
+    )
+
     email: Annotated[EmailStr, Field(max_length=320)]
     password: Annotated[str, Field(min_length=1, max_length=1024)]
 

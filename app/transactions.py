@@ -16,7 +16,7 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import anyio
 import anyio.to_thread
-from sqlalchemy import event
+from sqlalchemy import Connection, event
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, UOWTransaction
 
@@ -113,7 +113,10 @@ class Reader(_Unit):
     ) -> T:
         with self.sessions() as session:
             session.info[_READ_ONLY] = True
-            session.connection(execution_options=_READ_OPTIONS)
+            if not isinstance(session.bind, Connection):
+                # A session bound to a Connection joins the caller's transaction (tests'
+                # SAVEPOINT recipe), whose mode it cannot change: the flush guard remains.
+                session.connection(execution_options=_READ_OPTIONS)
             try:
                 result = fn(session, *args, **kwargs)
                 session.flush()  # no-op unless the work left changes behind

@@ -15,9 +15,9 @@ from sqlalchemy import create_engine, insert
 
 from app.database import Base
 from app.models import Item, User
+from app.testing.server import LiveServer
 from bench.report import Table, Target
 from bench.server import cpu_seconds, peak_rss_kib
-from tests.live_server import LiveServer
 
 __all__ = ["APPS", "REQUESTS", "WRK_MISSING", "web_tables"]
 

@@ -1,58 +1,18 @@
-"""Every test gets its own database by overriding the container's providers.
+"""The suite runs on app.testing.plugin's fixtures (loaded by ``-p`` in pyproject.toml): each
+test gets its own database (SQLite, or a PostgreSQL server named by ``TEST_DATABASE_URL``)
+by overriding the container's providers.
 
-The backend is SQLite (a temporary file) unless ``TEST_DATABASE_URL`` names a PostgreSQL
-server, in which case each test gets a fresh database on it, dropped afterwards.
+Helpers that only this project's tests need live here: ``from tests.conftest import ...``.
 """
 
-import contextlib
-import os
 import subprocess
 import sys
-import uuid
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
-import pytest
-from fastapi.testclient import TestClient
-from pwdlib import PasswordHash
-from pwdlib.hashers.argon2 import Argon2Hasher
-from sqlalchemy import ColumnElement, Engine, create_engine, func, make_url, select, text
-from sqlalchemy.ext.asyncio import AsyncEngine
+from app.testing.plugin import settings_free_environ
 
-from app.config import Settings
-from app.database import Base, SessionLocal, ensure_database_schema
-from containers import build_async_engine, build_engine, container
-
-SERVER_URL = os.environ.get("TEST_DATABASE_URL", "")
-BACKEND = "postgresql" if SERVER_URL.startswith("postgresql") else "sqlite"
 APP = Path(sys.executable).with_name("app")
 UNAVAILABLE = {"detail": "Database is busy or unavailable, please retry"}
-
-
-# Helpers for the test modules: ``from tests.conftest import ...``
-
-
-@contextlib.asynccontextmanager
-async def engine_pair(settings: Settings) -> AsyncIterator[tuple[Engine, AsyncEngine]]:
-    """The container's sync and async engines for ``settings``, disposed on exit."""
-    engine, async_engine = build_engine(settings), build_async_engine(settings)
-    try:
-        yield engine, async_engine
-    finally:
-        await async_engine.dispose()
-        engine.dispose()
-
-
-def count_rows(model: type[Base], *where: ColumnElement[bool]) -> int:
-    """Rows of ``model`` matching ``where``, counted through the container's current engine."""
-    with SessionLocal() as session:
-        return session.scalar(select(func.count()).select_from(model).where(*where)) or 0
-
-
-def settings_free_environ(**env: str) -> dict[str, str]:
-    """This process's environment without any of the app's settings, plus ``env``."""
-    clean = {k: v for k, v in os.environ.items() if k not in Settings.model_fields}
-    return clean | env
 
 
 def run_app(
@@ -68,89 +28,3 @@ def run_app(
         timeout=timeout,
         check=False,
     )
-
-
-def pytest_report_header() -> str:
-    return f"database backend: {BACKEND}"
-
-
-@pytest.fixture(autouse=True, scope="session")
-def _light_password_hashing() -> Iterator[None]:
-    """Real Argon2id at a test-sized cost: the production cost (64 MiB) dominates test time."""
-    light = PasswordHash((Argon2Hasher(time_cost=1, memory_cost=1024, parallelism=1),))
-    with container.password_hasher.override(light):
-        yield
-
-
-@pytest.fixture(scope="session")
-def _server_admin() -> Iterator[Engine]:
-    """One superuser connection pool for the whole run: it creates and drops test databases."""
-    admin = create_engine(
-        make_url(SERVER_URL).set(drivername="postgresql+psycopg"), isolation_level="AUTOCOMMIT"
-    )
-    yield admin
-    admin.dispose()
-
-
-@pytest.fixture
-def database_url(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[str]:
-    """A database of the selected backend that exists only for this test."""
-    if BACKEND == "sqlite":
-        yield f"sqlite:///{tmp_path_factory.mktemp('db') / 'test.db'}"
-        return
-    admin: Engine = request.getfixturevalue("_server_admin")
-    name = f"test_{uuid.uuid4().hex[:16]}"
-    with admin.connect() as conn:
-        # FILE_COPY copies the small template's files: ~5x faster than PostgreSQL 15's
-        # default WAL_LOG strategy, which writes every page of the template to the WAL.
-        version = conn.dialect.server_version_info or (0,)
-        strategy = " STRATEGY FILE_COPY" if version >= (15,) else ""
-        conn.execute(text(f'CREATE DATABASE "{name}"{strategy}'))
-    try:
-        yield make_url(SERVER_URL).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-
-
-@pytest.fixture
-def settings(database_url: str) -> Settings:
-    return Settings(DATABASE_URL=database_url, DB_QUEUE_TIMEOUT=10)
-
-
-@pytest.fixture
-async def engines(settings: Settings) -> AsyncIterator[tuple[Engine, AsyncEngine]]:
-    """Point the container at this test's database, and back again afterwards."""
-    async with engine_pair(settings) as (engine, async_engine):
-        with (
-            container.settings.override(settings),
-            container.engine.override(engine),
-            container.async_engine.override(async_engine),
-        ):
-            yield engine, async_engine
-
-
-@pytest.fixture
-def engine(engines: tuple[Engine, AsyncEngine]) -> Engine:
-    return engines[0]
-
-
-@pytest.fixture
-def async_engine(engines: tuple[Engine, AsyncEngine]) -> AsyncEngine:
-    return engines[1]
-
-
-@pytest.fixture
-def schema(engine: Engine) -> Engine:
-    ensure_database_schema()
-    return engine
-
-
-@pytest.fixture
-def client(schema: Engine) -> Iterator[TestClient]:
-    from app.main import app
-
-    with TestClient(app) as test_client:
-        yield test_client

@@ -17,9 +17,9 @@ from sqlalchemy.pool import QueuePool
 
 import containers
 from app.config import Settings
+from app.testing.plugin import engine_pair, settings_free_environ
+from app.testing.server import free_port
 from containers import Container, dispose_engines
-from tests.conftest import engine_pair, settings_free_environ
-from tests.live_server import PROJECT_ROOT, free_port
 
 THREADS = 16
 
@@ -218,7 +218,7 @@ def test_importing_the_app_opens_no_database(tmp_path: Path, url: str) -> None:
     result = subprocess.run(
         [sys.executable, "-c", code],
         env=settings_free_environ(DATABASE_URL=database_url),
-        cwd=PROJECT_ROOT,
+        cwd=tmp_path,
         capture_output=True,
         text=True,
         timeout=60,

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import pytest
 from sqlalchemy import Engine, text
 
-from tests.live_server import LiveServer
+from app.testing.server import LiveServer
 from tests.load import Connection, ProtocolError
 
 pytestmark = pytest.mark.slow

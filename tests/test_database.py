@@ -19,8 +19,9 @@ from app.config import Settings
 from app.database import AsyncSessionLocal, SessionLocal, ensure_database_schema
 from app.models import User
 from app.sqlite import BEGIN_MODE
+from app.testing.plugin import count_rows, engine_pair
 from containers import build_async_engine, build_engine, container
-from tests.conftest import count_rows, engine_pair
+from tests.factories import new_user
 
 BUSY_TIMEOUT_MS = 1234
 SYNCHRONOUS = {"OFF": 0, "NORMAL": 1, "FULL": 2, "EXTRA": 3}
@@ -50,10 +51,6 @@ async def sqlite_async_engine(tmp_path: Path) -> AsyncIterator[AsyncEngine]:
     engine = build_async_engine(sqlite_settings(tmp_path / "sqlite.db"))
     yield engine
     await engine.dispose()
-
-
-def user(email: str) -> User:
-    return User(email=email, hashed_password="not-a-real-hash")
 
 
 def emails(engine: Engine) -> set[str]:
@@ -219,7 +216,7 @@ async def test_memory_database_is_shared_by_sync_and_async(url: str) -> None:
         ):
             ensure_database_schema()
             async with AsyncSessionLocal.begin() as session:
-                session.add(user(f"memory-{len(url)}@example.com"))
+                session.add(new_user(f"memory-{len(url)}@example.com"))
             with SessionLocal() as session:
                 assert session.scalars(select(User.email)).all() == [
                     f"memory-{len(url)}@example.com"
@@ -287,7 +284,7 @@ def test_sessions_are_new_and_keep_attributes_after_commit(schema: Engine) -> No
     with SessionLocal() as first, SessionLocal() as second:
         assert first is not second
     with SessionLocal.begin() as session:
-        alice = user("alice@example.com")
+        alice = new_user("alice@example.com")
         session.add(alice)
     assert alice.email == "alice@example.com"  # expire_on_commit=False: no lazy load
 
@@ -297,20 +294,20 @@ def test_sessions_are_new_and_keep_attributes_after_commit(schema: Engine) -> No
 
 def test_begin_commits_on_success(schema: Engine) -> None:
     with SessionLocal.begin() as session:
-        session.add(user("a@example.com"))
+        session.add(new_user("a@example.com"))
     assert emails(schema) == {"a@example.com"}
 
 
 def add_then_fail() -> None:
     with SessionLocal.begin() as session:
-        session.add(user("a@example.com"))
+        session.add(new_user("a@example.com"))
         session.flush()
         raise RuntimeError("after the flush")
 
 
 async def async_add_then_fail() -> None:
     async with AsyncSessionLocal.begin() as session:
-        session.add(user("a@example.com"))
+        session.add(new_user("a@example.com"))
         await session.flush()
         raise RuntimeError("after the flush")
 
@@ -323,7 +320,7 @@ def test_begin_rolls_back_on_error(schema: Engine) -> None:
 
 async def test_async_begin_commits_on_success(schema: Engine) -> None:
     async with AsyncSessionLocal.begin() as session:
-        session.add(user("a@example.com"))
+        session.add(new_user("a@example.com"))
     assert emails(schema) == {"a@example.com"}
 
 
@@ -335,31 +332,31 @@ async def test_async_begin_rolls_back_on_error(schema: Engine) -> None:
 
 def add_in_savepoint_then_fail(session: Session) -> None:
     with session.begin_nested():
-        session.add(user("dropped@example.com"))
+        session.add(new_user("dropped@example.com"))
         session.flush()
         raise RuntimeError("roll back to the savepoint")
 
 
 async def async_add_in_savepoint_then_fail(session: AsyncSession) -> None:
     async with session.begin_nested():
-        session.add(user("dropped@example.com"))
+        session.add(new_user("dropped@example.com"))
         await session.flush()
         raise RuntimeError("roll back to the savepoint")
 
 
 def test_savepoints(schema: Engine) -> None:
     with SessionLocal.begin() as session:
-        session.add(user("kept@example.com"))
+        session.add(new_user("kept@example.com"))
         with pytest.raises(RuntimeError, match="savepoint"):
             add_in_savepoint_then_fail(session)
         with session.begin_nested():
-            session.add(user("also-kept@example.com"))
+            session.add(new_user("also-kept@example.com"))
     assert emails(schema) == {"kept@example.com", "also-kept@example.com"}
 
 
 async def test_async_savepoints(schema: Engine) -> None:
     async with AsyncSessionLocal.begin() as session:
-        session.add(user("kept@example.com"))
+        session.add(new_user("kept@example.com"))
         with pytest.raises(RuntimeError, match="savepoint"):
             await async_add_in_savepoint_then_fail(session)
     assert emails(schema) == {"kept@example.com"}
@@ -371,7 +368,7 @@ async def test_async_savepoints(schema: Engine) -> None:
 def test_ensure_database_schema_is_idempotent(engine: Engine) -> None:
     ensure_database_schema()
     with SessionLocal.begin() as session:
-        session.add(user("a@example.com"))
+        session.add(new_user("a@example.com"))
     ensure_database_schema()
     assert {"users", "items"} <= set(inspect(engine).get_table_names())
     assert emails(engine) == {"a@example.com"}

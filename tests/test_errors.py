@@ -26,20 +26,15 @@ from app.main import app
 from app.models import Item, User
 from app.schemas import ItemCreate, UserCreate
 from app.services import ItemService, UserService
+from app.testing import routes
+from app.testing.plugin import count_rows
+from app.testing.server import free_port
 from containers import container
-from tests.conftest import UNAVAILABLE, count_rows
-from tests.live_server import free_port
+from tests.conftest import UNAVAILABLE
 
 SECRET = "s3cret-pa55word"
 
-REQUESTS: list[tuple[str, str, dict[str, Any] | None]] = [
-    ("GET", "/users/", None),
-    ("GET", "/users/1", None),
-    ("GET", "/items/", None),
-    ("GET", "/health", None),
-    ("POST", "/users/", {"email": "alice@example.com", "password": SECRET}),
-    ("POST", "/users/1/items/", {"title": "Pen"}),
-]
+REQUESTS = [pytest.param(r, id=f"{r.method} {r.template}") for r in routes.example_requests(app)]
 
 
 def assert_no_internals(text: str) -> None:
@@ -76,17 +71,15 @@ async def unreachable(
     engine.dispose()
 
 
-@pytest.mark.parametrize(("method", "path", "body"), REQUESTS)
+@pytest.mark.parametrize("request_", REQUESTS)
 def test_an_unreachable_database_is_503_with_retry_after(
     client: TestClient,
     unreachable: tuple[Engine, AsyncEngine],
-    method: str,
-    path: str,
-    body: dict[str, Any] | None,
+    request_: routes.ExampleRequest,
 ) -> None:
     engine, async_engine = unreachable
     with container.engine.override(engine), container.async_engine.override(async_engine):
-        response = client.request(method, path, json=body)
+        response = client.request(request_.method, request_.path, json=request_.json)
     assert response.status_code == 503
     assert response.headers["content-type"] == "application/json"
     assert response.json() == UNAVAILABLE

@@ -6,27 +6,14 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.models import Item
-from tests.conftest import count_rows
+from app.testing.plugin import count_rows
+from tests.factories import create_item, create_user
 
 ITEM_KEYS = {"id", "title", "description", "owner_id"}
 
 
-def create_user(client: TestClient, email: str) -> int:
-    response = client.post("/users/", json={"email": email, "password": "secret"})
-    assert response.status_code == 200, response.text
-    user_id: int = response.json()["id"]
-    return user_id
-
-
-def create_item(client: TestClient, user_id: int, **body: Any) -> dict[str, Any]:
-    response = client.post(f"/users/{user_id}/items/", json=body)
-    assert response.status_code == 200, response.text
-    item: dict[str, Any] = response.json()
-    return item
-
-
 def test_create_item_returns_the_item(client: TestClient) -> None:
-    owner = create_user(client, "alice@example.com")
+    owner = create_user(client, "alice@example.com")["id"]
     response = client.post(
         f"/users/{owner}/items/", json={"title": "Pen", "description": "Blue ink"}
     )
@@ -39,20 +26,20 @@ def test_create_item_returns_the_item(client: TestClient) -> None:
 
 
 def test_description_is_optional(client: TestClient) -> None:
-    owner = create_user(client, "alice@example.com")
+    owner = create_user(client, "alice@example.com")["id"]
     assert create_item(client, owner, title="Pen")["description"] is None
     assert create_item(client, owner, title="Cap", description=None)["description"] is None
 
 
 def test_title_is_stripped_and_bounded(client: TestClient) -> None:
-    owner = create_user(client, "alice@example.com")
+    owner = create_user(client, "alice@example.com")["id"]
     assert create_item(client, owner, title="  Pen \t")["title"] == "Pen"
     assert create_item(client, owner, title="x" * 200)["title"] == "x" * 200
 
 
 @pytest.mark.parametrize("user_id", [999, 0, -1, 2**31 - 1])
 def test_create_item_for_a_missing_user_is_404(client: TestClient, user_id: int) -> None:
-    create_user(client, "alice@example.com")
+    create_user(client, "alice@example.com")["id"]
     response = client.post(f"/users/{user_id}/items/", json={"title": "Pen"})
     assert response.status_code == 404
     assert response.json() == {"detail": "User not found"}
@@ -74,7 +61,7 @@ def test_create_item_for_a_missing_user_is_404(client: TestClient, user_id: int)
     ],
 )
 def test_invalid_item_bodies_are_422(client: TestClient, body: dict[str, Any]) -> None:
-    owner = create_user(client, "alice@example.com")
+    owner = create_user(client, "alice@example.com")["id"]
     response = client.post(f"/users/{owner}/items/", json=body)
     assert response.status_code == 422
     assert isinstance(response.json()["detail"], list)
@@ -90,7 +77,10 @@ def test_create_item_with_an_invalid_user_id_is_422(client: TestClient, user_id:
 
 
 def test_list_items_of_every_owner_in_creation_order(client: TestClient) -> None:
-    alice, bob = create_user(client, "alice@example.com"), create_user(client, "bob@example.com")
+    alice, bob = (
+        create_user(client, "alice@example.com")["id"],
+        create_user(client, "bob@example.com")["id"],
+    )
     created = [
         create_item(client, owner, title=f"item {n}") for n, owner in enumerate([alice, bob, alice])
     ]
@@ -101,7 +91,7 @@ def test_list_items_of_every_owner_in_creation_order(client: TestClient) -> None
 
 
 def test_list_items_paginates_stably(client: TestClient) -> None:
-    owner = create_user(client, "alice@example.com")
+    owner = create_user(client, "alice@example.com")["id"]
     ids = [create_item(client, owner, title=f"item {n}")["id"] for n in range(7)]
     assert ids == sorted(ids)
     pages = [
@@ -126,7 +116,7 @@ def test_list_items_rejects_bad_bounds(client: TestClient, query: str) -> None:
 
 
 def test_list_items_accepts_limit_1000(client: TestClient) -> None:
-    owner = create_user(client, "alice@example.com")
+    owner = create_user(client, "alice@example.com")["id"]
     create_item(client, owner, title="Pen")
     response = client.get("/items/?limit=1000&skip=0")
     assert response.status_code == 200

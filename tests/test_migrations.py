@@ -25,14 +25,14 @@ from app.cli import main
 from app.config import Settings
 from app.database import Base, ensure_database_schema, lock_schema
 from app.exceptions import UnversionedDatabaseError
+from app.testing.plugin import BACKEND, settings_free_environ
 from containers import container
-from tests.conftest import BACKEND, settings_free_environ
 
 VERSIONS = Path(migrations.__file__).parent / "versions"
 SCRIPTS = ScriptDirectory.from_config(migrations.alembic_config())
 (HEAD,) = SCRIPTS.get_heads()  # exactly one: `app db upgrade head` refuses several
 PREVIOUS = SCRIPTS.get_revision(HEAD).down_revision
-TABLES = {"users", "items"}
+TABLES = set(Base.metadata.tables)
 
 
 def current_revision(engine: Engine) -> str | None:

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 from sqlalchemy import Engine
 
-from tests.live_server import LiveServer
+from app.testing.server import LiveServer
 from tests.load import Connection, LoadResult, Request, run_load
 
 pytestmark = pytest.mark.slow

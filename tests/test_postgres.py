@@ -27,9 +27,10 @@ from app.config import Settings
 from app.database import AsyncSessionLocal, ensure_database_schema
 from app.main import app
 from app.models import Item, User
+from app.testing.plugin import BACKEND, count_rows, engine_pair
+from app.testing.server import LiveServer
 from containers import Container, build_async_engine, build_engine, container
-from tests.conftest import BACKEND, UNAVAILABLE, count_rows, engine_pair, run_app
-from tests.live_server import LiveServer
+from tests.conftest import UNAVAILABLE, run_app
 from tests.load import Connection, register_at_once
 
 needs_server = pytest.mark.skipif(

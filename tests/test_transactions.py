@@ -22,17 +22,10 @@ from app.exceptions import DatabaseBusyError, WriteInReadError
 from app.models import User
 from app.services import UserService
 from app.sqlite import is_sqlite
+from app.testing.plugin import count_rows
 from app.transactions import Gate, Reader, Writer
 from containers import build_async_engine, build_engine, container
-from tests.conftest import count_rows
-
-
-def _add_user(email: str) -> int:
-    with SessionLocal.begin() as session:
-        user = User(email=email, hashed_password="-")
-        session.add(user)
-        session.flush()
-        return user.id
+from tests.factories import add_user, new_user
 
 
 def _checked_out(engine: Engine) -> int:
@@ -43,7 +36,7 @@ def _checked_out(engine: Engine) -> int:
 async def test_a_read_runs_in_a_worker_thread_inside_a_transaction_and_closes_it(
     schema: Engine,
 ) -> None:
-    user_id = _add_user("reader@example.com")
+    user_id = add_user("reader@example.com")
     seen: dict[str, Any] = {}
 
     def email_of(session: Session, wanted: int) -> str | None:
@@ -136,7 +129,7 @@ def test_read_endpoints_use_the_overridden_session_provider(client: TestClient) 
 
 async def test_a_write_commits_when_the_work_returns(schema: Engine) -> None:
     def add(session: Session, email: str) -> int:
-        user = User(email=email, hashed_password="-")
+        user = new_user(email)
         session.add(user)
         session.flush()
         return user.id
@@ -149,7 +142,7 @@ async def test_a_write_commits_when_the_work_returns(schema: Engine) -> None:
 
 async def test_a_write_that_raises_commits_nothing(schema: Engine) -> None:
     def add_then_fail(session: Session) -> None:
-        session.add(User(email="gone@example.com", hashed_password="-"))
+        session.add(new_user("gone@example.com"))
         session.flush()
         raise LookupError("after the insert")
 
@@ -162,7 +155,7 @@ async def test_a_write_that_raises_commits_nothing(schema: Engine) -> None:
 
 
 def _add(session: Session) -> None:
-    session.add(User(email="sneaky@example.com", hashed_password="-"))
+    session.add(new_user("sneaky@example.com"))
 
 
 def _add_and_flush(session: Session) -> None:
@@ -207,7 +200,7 @@ def _delete_statement(session: Session) -> None:
 async def test_a_read_that_writes_fails_loudly_and_changes_nothing(
     schema: Engine, work: Callable[[Session], None]
 ) -> None:
-    _add_user("kept@example.com")
+    add_user("kept@example.com")
     read = Reader(Gate(capacity=1, timeout=1), container.session)
     with pytest.raises(WriteInReadError, match=work.__name__):
         await read(work)
@@ -220,7 +213,7 @@ async def test_a_read_that_writes_fails_loudly_and_changes_nothing(
 
 
 def _add_and_return_id(session: Session) -> int:
-    user = User(email="after@example.com", hashed_password="-")
+    user = new_user("after@example.com")
     session.add(user)
     session.flush()
     return user.id
@@ -231,7 +224,7 @@ def test_an_endpoint_whose_read_writes_answers_500_and_logs_the_endpoint(
 ) -> None:
     class WritingUsers(UserService):
         def get_page(self, session: Session, *, skip: int, limit: int) -> Sequence[User]:
-            session.add(User(email="ghost@example.com", hashed_password="-"))
+            session.add(new_user("ghost@example.com"))
             return super().get_page(session, skip=skip, limit=limit)
 
     with container.user_service.override(

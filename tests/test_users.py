@@ -14,18 +14,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app.config import Settings
 from app.database import SessionLocal, ensure_database_schema
 from app.models import User
+from app.testing.plugin import count_rows, engine_pair
 from containers import container
-from tests.conftest import count_rows, engine_pair
+from tests.factories import PASSWORD, create_user
 
 USER_KEYS = {"id", "email", "is_active", "items"}
-PASSWORD = "correct horse battery staple"
-
-
-def create_user(client: TestClient, email: str, password: str = PASSWORD) -> dict[str, Any]:
-    response = client.post("/users/", json={"email": email, "password": password})
-    assert response.status_code == 200, response.text
-    body: dict[str, Any] = response.json()
-    return body
 
 
 def stored_users() -> list[User]:

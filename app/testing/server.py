@@ -1,11 +1,11 @@
-"""A real uvicorn server in a subprocess, for tests that need real sockets and processes.
+"""A real uvicorn server in a subprocess, for tests and benchmarks that need real sockets.
 
     with LiveServer({"DATABASE_URL": f"sqlite:///{tmp_path}/app.db"}, workers=2) as server:
         httpx.get(f"{server.url}/users/")
         server.worker_pids()  # the two worker processes
         server.log_text()
 
-The server runs ``python -m uvicorn app.main:app`` from the project root on a free
+The server runs ``python -m uvicorn app.main:app`` from the current directory on a free
 127.0.0.1 port, in its own process group, with stdout and stderr captured in ``log_path``
 (a temporary file removed by ``stop()`` unless you pass one; ``log_text()`` keeps working).
 Construction returns once ``/health`` answers 200 and every worker reported startup;
@@ -25,9 +25,8 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-__all__ = ["PROJECT_ROOT", "LiveServer", "LiveServerError", "free_port"]
+__all__ = ["LiveServer", "LiveServerError", "free_port", "proc_stat_fields"]
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
 _STARTED = "Application startup complete."
 _PORT_ATTEMPTS = 3
 
@@ -83,6 +82,7 @@ class LiveServer:
         extra_args: tuple[str, ...] = (),
         app: str = "app.main:app",
         ready_path: str = "/health",
+        cwd: Path | None = None,
     ) -> None:
         self.workers = workers
         self.app = app
@@ -96,6 +96,7 @@ class LiveServer:
         self._final_log: str | None = None
         self._env = {**os.environ, "PYTHONUNBUFFERED": "1", **env}
         self._extra_args = extra_args
+        self._cwd = cwd or Path.cwd()  # where config.yml and .env are read
         self._process: subprocess.Popen[bytes] | None = None
         self._returncode: int | None = None
         for attempt in range(_PORT_ATTEMPTS):
@@ -204,7 +205,7 @@ class LiveServer:
         with self.log_path.open("wb") as log:
             self._process = subprocess.Popen(
                 command,
-                cwd=PROJECT_ROOT,
+                cwd=self._cwd,
                 env=self._env,
                 stdin=subprocess.DEVNULL,
                 stdout=log,

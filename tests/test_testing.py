@@ -1,11 +1,17 @@
-"""The live-server helper that real-server tests rely on."""
+"""app.testing: the live-server helper and the fixtures that tests rely on."""
 
 import http.client
 from pathlib import Path
 
 import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import Engine, func, select
+from sqlalchemy.orm import Session
 
-from tests.live_server import LiveServer, LiveServerError, proc_stat_fields
+from app.models import Item, User
+from app.sqlite import BEGIN_MODE
+from app.testing.server import LiveServer, LiveServerError, proc_stat_fields
+from tests.factories import new_user
 
 
 def get(server: LiveServer, path: str) -> tuple[int, bytes]:
@@ -57,3 +63,22 @@ def test_a_server_that_cannot_start_reports_its_log(tmp_path: Path) -> None:
     missing = tmp_path / "no-such-folder"
     with pytest.raises(LiveServerError, match="no-such-folder"):
         LiveServer({"DATABASE_URL": f"sqlite:///{missing}/app.db"}, startup_timeout=60)
+
+
+def test_db_session_rolls_back_what_the_test_and_the_app_committed(
+    db_session: Session, client: TestClient, engine: Engine
+) -> None:
+    db_session.add(new_user("direct@example.com"))
+    db_session.commit()
+    created = client.post("/users/", json={"email": "http@example.com", "password": "pw"})
+    assert created.status_code == 200, created.text
+    user_id = created.json()["id"]
+    assert client.post(f"/users/{user_id}/items/", json={"title": "t"}).status_code == 200
+    assert [u["email"] for u in client.get("/users/").json()] == [
+        "direct@example.com",
+        "http@example.com",
+    ]
+    assert db_session.scalar(select(func.count(Item.id))) == 1
+    # Nothing reached the database: another connection sees none of it.
+    with engine.connect().execution_options(**{BEGIN_MODE: "DEFERRED"}) as other:
+        assert other.scalar(select(func.count(User.id))) == 0

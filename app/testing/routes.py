@@ -1,0 +1,155 @@
+"""Guards for a growing app: each returns what is wrong, as sentences, or nothing.
+
+assert checks.sync_dependencies(app) == []
+assert checks.unwired_endpoints(app, container) == []
+assert checks.unlisted_routers(app.routers, app.routers.ROUTERS) == []
+"""
+
+import importlib
+import inspect
+import pkgutil
+import re
+from collections.abc import Callable, Iterator, Sequence
+from types import ModuleType
+from typing import Annotated, Any, NamedTuple, cast, get_args, get_origin
+
+from dependency_injector import containers
+from dependency_injector.wiring import Provide
+from fastapi import APIRouter, FastAPI
+from fastapi.dependencies.models import Dependant
+from fastapi.params import Depends
+from fastapi.routing import APIRoute, RouteContext, iter_route_contexts
+
+__all__ = [
+    "ExampleRequest",
+    "api_routes",
+    "example_requests",
+    "sync_dependencies",
+    "unlisted_routers",
+    "unwired_endpoints",
+]
+
+
+def api_routes(app: FastAPI) -> Iterator[RouteContext]:
+    """Every operation of ``app``'s API, as included (the docs pages' own routes are not)."""
+    for context in iter_route_contexts(app.routes):
+        route = context.original_route
+        if isinstance(route, APIRoute) and route.include_in_schema:
+            yield context
+
+
+class ExampleRequest(NamedTuple):
+    method: str
+    path: str
+    json: Any
+    template: str
+
+
+def example_requests(app: FastAPI, path_value: int = 1) -> list[ExampleRequest]:
+    """One valid request per operation, from ``app``'s OpenAPI schema: path parameters set to
+    ``path_value``, the body to the first example of its schema (``json_schema_extra``)."""
+    schema = app.openapi()
+    components = schema.get("components", {}).get("schemas", {})
+    requests = []
+    for template, operations in schema["paths"].items():
+        path = re.sub(r"\{[^}]+\}", str(path_value), template)
+        for method, operation in operations.items():
+            body = operation.get("requestBody", {}).get("content", {}).get("application/json")
+            json = None
+            if body is not None:
+                ref = body["schema"]["$ref"].rpartition("/")[2]
+                examples = components[ref].get("examples")
+                if not examples:
+                    raise LookupError(f"schema {ref} has no example: add json_schema_extra")
+                json = examples[0]
+            requests.append(ExampleRequest(method.upper(), path, json, template))
+    return requests
+
+
+def _label(route: RouteContext) -> str:
+    return f"{','.join(sorted(route.methods or ()))} {route.path}"
+
+
+def _is_async(call: Callable[..., Any] | None) -> bool:
+    if inspect.iscoroutinefunction(call) or inspect.isasyncgenfunction(call):
+        return True
+    dunder_call = getattr(call, "__call__", None)  # noqa: B004  (an instance's method)
+    return not inspect.isclass(call) and (
+        inspect.iscoroutinefunction(dunder_call) or inspect.isasyncgenfunction(dunder_call)
+    )
+
+
+def _dependencies(dependant: Dependant) -> Iterator[Dependant]:
+    for dependency in dependant.dependencies:
+        yield dependency
+        yield from _dependencies(dependency)
+
+
+def sync_dependencies(app: FastAPI) -> list[str]:
+    """Endpoints and dependencies FastAPI would run in the thread pool: a thread hop each,
+    per request, for nothing (a plain ``Provide`` marker is one)."""
+    problems = []
+    for route in api_routes(app):
+        if not _is_async(route.endpoint):
+            problems.append(f"{_label(route)}: the endpoint is not async def")
+        for dependency in _dependencies(route.dependant):
+            if not _is_async(dependency.call):
+                problems.append(
+                    f"{_label(route)}: dependency {dependency.call!r} runs in a thread "
+                    "(make it async; for a container object use app.deps.AsyncProvide)"
+                )
+    return problems
+
+
+def _markers(endpoint: Callable[..., Any]) -> list[str]:
+    """Parameters of ``endpoint`` that ``Depends`` on a dependency-injector marker."""
+    original = inspect.unwrap(endpoint)
+    names: list[str] = []
+    for name, parameter in inspect.signature(original).parameters.items():
+        annotation = parameter.annotation
+        extras = get_args(annotation)[1:] if get_origin(annotation) is Annotated else ()
+        for extra in (*extras, parameter.default):
+            if isinstance(extra, Depends) and isinstance(extra.dependency, cast(type, Provide)):
+                names.append(name)
+    return names
+
+
+def unwired_endpoints(app: FastAPI, container: containers.Container) -> list[str]:
+    """Endpoints that take a container object but would receive the bare marker: not
+    decorated with ``@inject``, or in a module the container has not wired."""
+    wired = {module.__name__ for module in cast(list[ModuleType], container.wired_to_modules)}
+    for package in cast(list[ModuleType], container.wired_to_packages):
+        wired.update(
+            info.name for info in pkgutil.walk_packages(package.__path__, f"{package.__name__}.")
+        )
+    problems = []
+    for route in api_routes(app):
+        endpoint = route.endpoint
+        markers = _markers(endpoint) if endpoint else []
+        if not markers:
+            continue
+        if not hasattr(endpoint, "__wrapped__"):
+            problems.append(f"{_label(route)}: {', '.join(markers)} need @inject")
+        elif endpoint.__module__ not in wired:
+            problems.append(
+                f"{_label(route)}: module {endpoint.__module__} is not wired "
+                "(put it in app.routers)"
+            )
+    return problems
+
+
+def unlisted_routers(package: ModuleType, listed: Sequence[APIRouter]) -> list[str]:
+    """Modules of ``package`` whose ``router`` is missing from ``listed``."""
+    problems = []
+    for module in _modules(package):
+        router = getattr(module, "router", None)
+        if isinstance(router, APIRouter) and all(router is not r for r in listed):
+            problems.append(f"{module.__name__}.router is not in {package.__name__}.ROUTERS")
+    return problems
+
+
+def _modules(package: ModuleType) -> Iterator[ModuleType]:
+    """``package`` and every module in it, as dependency-injector's wiring finds them."""
+    yield package
+    for info in pkgutil.walk_packages(package.__path__, f"{package.__name__}."):
+        yield importlib.import_module(info.name)
