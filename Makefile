@@ -25,7 +25,7 @@ test-postgres: $(BIN)/app
 lint: $(BIN)/app
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy --strict app containers.py tests
+	$(BIN)/mypy --strict app containers.py tests scripts
 
 format: $(BIN)/app
 	$(BIN)/ruff check --fix .
