@@ -3,6 +3,8 @@
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from types import ModuleType
+from typing import cast
 
 import anyio.to_thread
 from fastapi import FastAPI
@@ -40,7 +42,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     prepare the schema, and dispose of the engines at shutdown."""
     # At every startup, not once at import: a test that unwired the container, or changed
     # its settings or engine, gets an app that serves with what the container holds now.
-    container.wire(packages=[routers], warn_unresolved=True)
+    if routers not in cast(list[ModuleType], container.wired_to_packages):
+        container.wire(packages=[routers], warn_unresolved=True)
     reset_units(container)
     s: Settings = container.settings()
     engine: Engine = container.engine()
