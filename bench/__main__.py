@@ -123,7 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     print(summary(tables))
     if not has_wrk:
         print("\nThe HTTP targets were not measured: wrk is not installed (see section 3).")
-    print(f"\n(total {time.monotonic() - started:.0f} s)")
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    print(f"\n(total {time.monotonic() - started:.0f} s; load average at the end {load})")
     return 0
 
 

@@ -7,6 +7,7 @@ import os
 import statistics
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -52,6 +53,7 @@ WRK_MISSING = (
     "wrk` (macOS), then run `make bench` again."
 )
 Order = Literal["cycle", "random"]
+_SETTLE_STEP = 0.05
 
 
 @dataclass(frozen=True)
@@ -220,6 +222,19 @@ def serve(name: str, database_url: str, *, workers: int, log_path: Path) -> Live
     )
 
 
+def settle(pids: list[int], *, timeout: float = 2.0) -> None:
+    """Wait (``timeout`` at most) until the processes are idle: a server still answering the
+    requests wrk left behind would take CPU from whichever is loaded next."""
+    deadline = time.monotonic() + timeout
+    used = cpu_seconds(pids)
+    while time.monotonic() < deadline:
+        time.sleep(_SETTLE_STEP)
+        now = cpu_seconds(pids)
+        if now - used < _SETTLE_STEP / 10:
+            return
+        used = now
+
+
 def measure(
     servers: dict[str, LiveServer],
     requests: tuple[Request, ...],
@@ -242,7 +257,7 @@ def measure(
     for request in requests:
         progress(f"{request.label}: {', '.join(servers)}, {rounds} round(s) each")
         if warmup:
-            for server in servers.values():
+            for name, server in servers.items():
                 wrk(
                     server.url,
                     request,
@@ -251,6 +266,7 @@ def measure(
                     ids=ids,
                     order=order,
                 )
+                settle(pids[name])
         done: dict[str, list[Load]] = {name: [] for name in servers}
         for round_ in range(rounds):
             for name in list(servers)[:: 1 if round_ % 2 == 0 else -1]:
@@ -266,6 +282,7 @@ def measure(
                 cpu = cpu_seconds(pids[name]) - before
                 rss = max(peak_rss_kib(pid) for pid in pids[name])
                 done[name].append(dataclasses.replace(load, cpu_seconds=cpu, peak_rss_kib=rss))
+                settle(pids[name])
         for name, measured in done.items():
             loads[name][request.label] = Load.total(measured)
     return loads
@@ -317,7 +334,8 @@ def _verdict(goals: tuple[Goal, ...], met: list[bool]) -> str:
 def _notes(servers: str, round_seconds: int, data: Dataset) -> str:
     return (
         f"{servers} run side by side; each request loads them in turn, in rounds that "
-        "alternate their order, so a slow spell of the machine hits all of them. "
+        "alternate their order, so a slow spell of the machine hits all of them; after each "
+        "run the next waits (2 s at most) until the server is idle again. "
         "req/s counts 2xx answers only; p50 is the median round's, p99 the worst round's; "
         "errors are non-2xx answers + socket errors (connect, read, write, no answer within "
         f"{wrk_timeout(round_seconds)} s); CPU ms/req is the user + system time of the worker "
