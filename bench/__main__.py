@@ -1,6 +1,7 @@
 """``python -m bench [--quick]``: every benchmark and its baseline, in one run, as Markdown."""
 
 import argparse
+import os
 import shutil
 import sys
 import tempfile
@@ -8,32 +9,52 @@ import time
 from pathlib import Path
 
 from bench.floor import floor_table
+from bench.growth import GROWTH, TINY, growth_table
 from bench.micro import provider_table, session_table
 from bench.report import Table, machine, render, summary
-from bench.web import WRK_MISSING, web_tables
+from bench.web import WRK_MISSING, postgres_table, sqlite_tables
+
+POSTGRES_ENV = "BENCH_POSTGRES_URL"
+POSTGRES_MISSING = (
+    f"PostgreSQL (section 5 and growth on PostgreSQL) not run: {POSTGRES_ENV} is unset. "
+    "`make bench` starts a throwaway server and sets it: "
+    f"`python scripts/with_postgres.py --export {POSTGRES_ENV} -- .venv/bin/python -m bench`."
+)
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument(
-        "--quick", action="store_true", help="smoke mode: short runs, 1 worker (~15 s)"
+        "--quick",
+        action="store_true",
+        help="smoke mode: short runs, 1 worker, growth on 10,000 items (~30 s)",
     )
     parser.add_argument(
         "--duration",
         type=int,
-        help="seconds of load per server and request (default 8, quick 1)",
+        help="seconds of load per server and request on SQLite (default 8, quick 1); "
+        "PostgreSQL gets three quarters of it",
     )
     parser.add_argument(
         "--rounds",
         type=int,
-        help="alternating rounds the duration is split into (default 4, quick 1)",
+        help="alternating rounds the duration is split into (default 4, quick 1); "
+        "PostgreSQL gets one fewer",
     )
     parser.add_argument("--connections", type=int, default=32, help="wrk connections")
     parser.add_argument(
         "--workers",
         type=int,
         nargs="+",
-        help="uvicorn worker counts to compare (default 1 2, quick 1)",
+        help="uvicorn worker counts to compare on SQLite (default 1 2, quick 1)",
+    )
+    parser.add_argument(
+        "--growth-seconds",
+        type=int,
+        help="seconds of load per growth request (default 3, quick 1)",
+    )
+    parser.add_argument(
+        "--growth-connections", type=int, default=8, help="wrk connections for growth"
     )
     return parser
 
@@ -49,31 +70,61 @@ def main(argv: list[str] | None = None) -> int:
     seconds: int = args.duration or (1 if quick else 8)
     rounds: int = args.rounds or (1 if quick else 4)
     workers: tuple[int, ...] = tuple(args.workers or ((1,) if quick else (1, 2)))
+    warmup = 0 if quick else 1
+    growth_seconds: int = args.growth_seconds or (1 if quick else 3)
+    postgres_url = os.environ.get(POSTGRES_ENV, "")
     has_wrk = shutil.which("wrk") is not None
     started = time.monotonic()
     print(f"## Benchmarks{' (quick smoke run)' if quick else ''}\n\n{machine()}\n", flush=True)
+    if not postgres_url:
+        print(f"{POSTGRES_MISSING}\n", flush=True)
     tables: list[Table] = []
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         folder = Path(tmp)
         tables.append(_show(session_table(folder, quick=quick)))
         tables.append(_show(provider_table(quick=quick)))
         if has_wrk:
-            for table in web_tables(
+            for table in sqlite_tables(
                 folder,
                 workers=workers,
                 seconds=seconds,
                 rounds=rounds,
-                warmup=0 if quick else 1,
+                warmup=warmup,
                 connections=args.connections,
             ):
                 tables.append(_show(table))
         else:
             print(f"### 3. HTTP under wrk: not run\n\n{WRK_MISSING}\n", flush=True)
         tables.append(_show(floor_table(folder, quick=quick)))
+        if has_wrk and postgres_url:
+            postgres_rounds = max(1, rounds - 1)
+            table = postgres_table(
+                postgres_url,
+                folder,
+                seconds=max(postgres_rounds, seconds * 3 // 4),
+                rounds=postgres_rounds,
+                warmup=warmup,
+                connections=args.connections,
+            )
+            tables.append(_show(table))
+        if has_wrk:
+            backends = ("SQLite", "PostgreSQL") if postgres_url else ("SQLite",)
+            for backend in backends:
+                table = growth_table(
+                    backend,
+                    folder,
+                    data=TINY if quick else GROWTH,
+                    seconds=growth_seconds,
+                    warmup=warmup,
+                    connections=args.growth_connections,
+                    server_url=postgres_url,
+                )
+                tables.append(_show(table))
     print(summary(tables))
     if not has_wrk:
         print("\nThe HTTP targets were not measured: wrk is not installed (see section 3).")
-    print(f"\n(total {time.monotonic() - started:.0f} s)")
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    print(f"\n(total {time.monotonic() - started:.0f} s; load average at the end {load})")
     return 0
 
 

@@ -5,6 +5,7 @@ endpoints; no container, no connection hooks, no admission gate. It runs the sam
 and returns the same shapes as ``app.main:app`` for the benchmarked requests.
 
     DATABASE_URL=sqlite:///./bench.db uvicorn bench.baseline_app:app
+    DATABASE_URL=postgresql+psycopg://user:password@127.0.0.1/bench uvicorn bench.baseline_app:app
 """
 
 import os
@@ -23,7 +24,9 @@ __all__ = ["app"]
 
 SQLALCHEMY_DATABASE_URL = os.environ.get("DATABASE_URL", "sqlite:///./sql_app.db")
 
-engine = create_engine(SQLALCHEMY_DATABASE_URL, connect_args={"check_same_thread": False})
+# The tutorial's SQLite-only argument; on PostgreSQL (postgresql+psycopg://) the defaults.
+connect_args = {"check_same_thread": False} if SQLALCHEMY_DATABASE_URL.startswith("sqlite") else {}
+engine = create_engine(SQLALCHEMY_DATABASE_URL, connect_args=connect_args)
 SessionLocal = sessionmaker(autocommit=False, autoflush=False, bind=engine)
 
 Base.metadata.create_all(bind=engine)

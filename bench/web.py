@@ -1,4 +1,4 @@
-"""Section 3: real uvicorn servers under wrk, this app versus the tutorial baseline."""
+"""Sections 3 and 5: real uvicorn servers under wrk: this app, the tutorial and the floor."""
 
 import dataclasses
 import json
@@ -7,29 +7,53 @@ import os
 import statistics
 import subprocess
 import sys
-from contextlib import ExitStack
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
-from sqlalchemy import create_engine, insert
-
-from app.database import Base
-from app.models import Item, User
 from app.testing.server import LiveServer
+from bench.data import Dataset, postgres_database, seed, sqlite_url
 from bench.report import Table, Target
 from bench.server import cpu_seconds, peak_rss_kib
 
-__all__ = ["APPS", "REQUESTS", "WRK_MISSING", "web_tables"]
+__all__ = [
+    "APPS",
+    "REQUESTS",
+    "SMALL",
+    "WRITE_BODY",
+    "WRK_MISSING",
+    "Load",
+    "Request",
+    "latency",
+    "measure",
+    "postgres_table",
+    "progress",
+    "rate",
+    "serve",
+    "sqlite_tables",
+    "wrk",
+    "wrk_timeout",
+]
 
-APPS = {"app": "app.main:app", "baseline": "bench.baseline_app:app"}
-USERS = 100
-ITEMS_PER_USER = 10
+APPS = {
+    "app": "app.main:app",
+    "tutorial": "bench.baseline_app:app",
+    "floor": "bench.floor_app:app",
+}
+POSTGRES_APPS = ("app", "tutorial")
+"""The floor is SQLite only."""
+SMALL = Dataset(users=100, items_per_user=10)
 WRK_SCRIPT = Path(__file__).with_name("wrk.lua")
 WRK_MISSING = (
-    "wrk is not installed, so the HTTP benchmarks (section 3) did not run. Install it with "
-    "`sudo apt-get install wrk` (Debian/Ubuntu; .ci/run does this) or `brew install wrk` "
-    "(macOS), then run `make bench` again."
+    "wrk is not installed, so the HTTP benchmarks (sections 3, 5 and 6) did not run. Install "
+    "it with `sudo apt-get install wrk` (Debian/Ubuntu; .ci/run does this) or `brew install "
+    "wrk` (macOS), then run `make bench` again."
 )
+Order = Literal["cycle", "random"]
+_SETTLE_STEP = 0.05
 
 
 @dataclass(frozen=True)
@@ -44,21 +68,48 @@ class Request:
         return self.method != "GET"
 
 
+WRITE_BODY = '{"title": "bench item", "description": "written by wrk"}'
 REQUESTS = (
     Request("GET /users/{id}", "GET", "/users/%d"),
     Request("GET /items/?limit=100", "GET", "/items/?limit=100"),
-    Request(
-        "POST /users/{id}/items/",
-        "POST",
-        "/users/%d/items/",
-        '{"title": "bench item", "description": "written by wrk"}',
-    ),
+    Request("POST /users/{id}/items/", "POST", "/users/%d/items/", WRITE_BODY),
 )
 
 
 @dataclass(frozen=True)
+class Goal:
+    """The app's req/s at least ``at_least`` times ``against``'s (and no errors)."""
+
+    against: str
+    at_least: float
+    zero_errors: bool = False
+
+    def describe(self) -> str:
+        errors = ", 0 errors" if self.zero_errors else ""
+        share = f"{self.at_least:.2f}" if self.at_least < 1 else f"{self.at_least:g}"
+        return f">= {share}x {self.against}{errors}"
+
+
+# From the issue, with 1 worker and 32 connections; with more workers, the earlier targets.
+ONE_WORKER_GOALS = {
+    "GET /users/{id}": (Goal("floor", 0.10), Goal("tutorial", 2.0)),
+    "GET /items/?limit=100": (Goal("floor", 0.08),),
+    "POST /users/{id}/items/": (Goal("floor", 0.15), Goal("tutorial", 2.0)),
+}
+POSTGRES_GOAL = Goal("tutorial", 1.3)
+MEMORY_TARGET = 1.10
+"""The app's peak worker RSS at most this many times the tutorial's (1 worker)."""
+
+
+def _goals(request: Request, workers: int) -> tuple[Goal, ...]:
+    if workers == 1:
+        return ONE_WORKER_GOALS[request.label]
+    return (Goal("tutorial", 1.0, zero_errors=request.writes),)
+
+
+@dataclass(frozen=True)
 class Load:
-    """What wrk saw in one run."""
+    """What wrk saw in one run, the CPU the server's workers spent on it, and their peak RSS."""
 
     requests: int
     seconds: float
@@ -67,6 +118,7 @@ class Load:
     p50_ms: float
     p99_ms: float
     cpu_seconds: float = 0.0
+    peak_rss_kib: int = 0
 
     @property
     def cpu_per_request(self) -> str:
@@ -94,42 +146,8 @@ class Load:
             p50_ms=statistics.median(r.p50_ms for r in rounds),
             p99_ms=max(r.p99_ms for r in rounds),
             cpu_seconds=sum(r.cpu_seconds for r in rounds),
+            peak_rss_kib=max(r.peak_rss_kib for r in rounds),
         )
-
-
-@dataclass(frozen=True)
-class Run:
-    """One server's loads, by request label, and its workers' peak RSS afterwards."""
-
-    loads: dict[str, Load]
-    peak_rss_kib: list[int]
-
-
-def seed(path: Path) -> None:
-    """A fresh database the way the tutorial makes one: plain create_all, default journal."""
-    for stale in (path, path.with_name(f"{path.name}-wal"), path.with_name(f"{path.name}-shm")):
-        stale.unlink(missing_ok=True)
-    engine = create_engine(f"sqlite:///{path}")
-    try:
-        Base.metadata.create_all(engine)
-        with engine.begin() as connection:
-            connection.execute(
-                insert(User),
-                [
-                    {"email": f"user{i}@example.com", "hashed_password": "-"}
-                    for i in range(1, USERS + 1)
-                ],
-            )
-            connection.execute(
-                insert(Item),
-                [
-                    {"title": f"item {u}.{i}", "description": "seeded", "owner_id": u}
-                    for u in range(1, USERS + 1)
-                    for i in range(ITEMS_PER_USER)
-                ],
-            )
-    finally:
-        engine.dispose()
 
 
 def wrk_timeout(seconds: int) -> int:
@@ -138,12 +156,21 @@ def wrk_timeout(seconds: int) -> int:
     return max(1, min(5, seconds))
 
 
-def wrk(url: str, request: Request, *, seconds: int, connections: int) -> Load:
+def wrk(
+    url: str,
+    request: Request,
+    *,
+    seconds: int,
+    connections: int,
+    ids: int = SMALL.users,
+    order: Order = "cycle",
+) -> Load:
     env = {
         **os.environ,
         "BENCH_METHOD": request.method,
         "BENCH_PATH": request.path,
-        "BENCH_IDS": str(USERS),
+        "BENCH_IDS": str(ids),
+        "BENCH_ORDER": order,
         "BENCH_BODY": request.body,
     }
     command = [
@@ -177,81 +204,162 @@ def wrk(url: str, request: Request, *, seconds: int, connections: int) -> Load:
     raise RuntimeError(f"wrk printed no result:\n{result.stdout}\n{result.stderr}")
 
 
-def _progress(message: str) -> None:
+def progress(message: str) -> None:
     print(f"  .. {message}", file=sys.stderr, flush=True)
 
 
-def _server(name: str, workers: int, folder: Path) -> LiveServer:
-    """``name`` on a freshly seeded database of its own."""
-    database = folder / f"{name}-{workers}.db"
-    seed(database)
+def serve(name: str, database_url: str, *, workers: int, log_path: Path) -> LiveServer:
+    """``APPS[name]`` on a seeded database, with the same uvicorn options for every server."""
     # The schema is seeded: the app must not run migrations over it, whatever .env says.
-    env = {"DATABASE_URL": f"sqlite:///{database}", "MIGRATE_ON_STARTUP": "false"}
+    env = {"DATABASE_URL": database_url, "MIGRATE_ON_STARTUP": "false"}
     return LiveServer(
         env,
         workers,
         app=APPS[name],
         ready_path="/users/1",
-        log_path=folder / f"{name}-{workers}.log",
+        log_path=log_path,
         extra_args=("--no-access-log",),
     )
 
 
-def load_side_by_side(
-    workers: int,
-    folder: Path,
+def settle(pids: list[int], *, timeout: float = 2.0) -> None:
+    """Wait (``timeout`` at most) until the processes are idle: a server still answering the
+    requests wrk left behind would take CPU from whichever is loaded next."""
+    deadline = time.monotonic() + timeout
+    used = cpu_seconds(pids)
+    while time.monotonic() < deadline:
+        time.sleep(_SETTLE_STEP)
+        now = cpu_seconds(pids)
+        if now - used < _SETTLE_STEP / 10:
+            return
+        used = now
+
+
+def measure(
+    servers: dict[str, LiveServer],
+    requests: tuple[Request, ...],
     *,
     round_seconds: int,
     rounds: int,
     warmup: int,
     connections: int,
-) -> dict[str, Run]:
-    """Both servers up at once; each request loads them in alternating rounds.
+    ids: int = SMALL.users,
+    order: Order = "cycle",
+) -> dict[str, dict[str, Load]]:
+    """Every server under each request in turn, in rounds; loads by server, then request.
 
     Interleaving pairs the measurements in time, so a slow spell of the machine (this is
-    usually a shared VM) hits both servers instead of whichever happened to run then.
+    usually a shared VM) hits every server instead of whichever happened to run then; the
+    rounds alternate the order, so none always runs right after another's load.
     """
-    loads: dict[str, dict[str, Load]] = {name: {} for name in APPS}
-    with ExitStack() as stack:
-        servers = {name: stack.enter_context(_server(name, workers, folder)) for name in APPS}
-        pids = {name: server.worker_pids() for name, server in servers.items()}
-        for request in REQUESTS:
-            _progress(f"{request.label}, {workers} worker(s), {rounds} round(s) each")
-            if warmup:
-                for server in servers.values():
-                    wrk(server.url, request, seconds=warmup, connections=connections)
-            done: dict[str, list[Load]] = {name: [] for name in APPS}
-            for round_ in range(rounds):
-                for name in list(APPS)[:: 1 if round_ % 2 == 0 else -1]:
-                    before = cpu_seconds(pids[name])
-                    load = wrk(
-                        servers[name].url,
-                        request,
-                        seconds=round_seconds,
-                        connections=connections,
-                    )
-                    cpu = cpu_seconds(pids[name]) - before
-                    done[name].append(dataclasses.replace(load, cpu_seconds=cpu))
-            for name, measured in done.items():
-                loads[name][request.label] = Load.total(measured)
-        return {
-            name: Run(loads[name], [peak_rss_kib(pid) for pid in pids[name]]) for name in servers
-        }
+    pids = {name: server.worker_pids() for name, server in servers.items()}
+    loads: dict[str, dict[str, Load]] = {name: {} for name in servers}
+    for request in requests:
+        progress(f"{request.label}: {', '.join(servers)}, {rounds} round(s) each")
+        if warmup:
+            for name, server in servers.items():
+                wrk(
+                    server.url,
+                    request,
+                    seconds=warmup,
+                    connections=connections,
+                    ids=ids,
+                    order=order,
+                )
+                settle(pids[name])
+        done: dict[str, list[Load]] = {name: [] for name in servers}
+        for round_ in range(rounds):
+            for name in list(servers)[:: 1 if round_ % 2 == 0 else -1]:
+                before = cpu_seconds(pids[name])
+                load = wrk(
+                    servers[name].url,
+                    request,
+                    seconds=round_seconds,
+                    connections=connections,
+                    ids=ids,
+                    order=order,
+                )
+                cpu = cpu_seconds(pids[name]) - before
+                rss = max(peak_rss_kib(pid) for pid in pids[name])
+                done[name].append(dataclasses.replace(load, cpu_seconds=cpu, peak_rss_kib=rss))
+                settle(pids[name])
+        for name, measured in done.items():
+            loads[name][request.label] = Load.total(measured)
+    return loads
 
 
-def _latency(load: Load) -> str:
+def ratio(a: Load, b: Load) -> float:
+    return a.ok_per_second / b.ok_per_second if b.ok_per_second else math.inf
+
+
+def times(value: float) -> str:
+    if math.isinf(value):
+        return "∞"
+    return f"{value:.3f}x" if value < 0.995 else f"{value:.2f}x"
+
+
+def rate(load: Load) -> str:
+    return f"{load.ok_per_second:,.0f}"
+
+
+def latency(load: Load) -> str:
     return f"{load.p50_ms:.1f} / {load.p99_ms:.1f}"
 
 
-def _errors(load: Load) -> str:
-    return f"{load.non2xx} / {load.socket_errors}"
+def _each(loads: list[Load], cell: str) -> str:
+    cells = {
+        "cpu": [load.cpu_per_request for load in loads],
+        "errors": [f"{load.non2xx}+{load.socket_errors}" for load in loads],
+        "rss": [f"{load.peak_rss_kib / 1024:.0f}" for load in loads],
+    }[cell]
+    return " / ".join(cells)
 
 
 def _mib(kib: int) -> str:
     return f"{kib / 1024:.0f} MiB"
 
 
-def web_tables(
+def _met(goals: tuple[Goal, ...], ratios: dict[str, float], errors: int) -> list[bool]:
+    return [ratios[g.against] >= g.at_least and not (g.zero_errors and errors) for g in goals]
+
+
+def _verdict(goals: tuple[Goal, ...], met: list[bool]) -> str:
+    if all(met):
+        return "yes"
+    if len(goals) == 1:
+        return "NO"
+    return "NO (" + ", ".join(g.against for g, ok in zip(goals, met, strict=True) if not ok) + ")"
+
+
+def _notes(servers: str, round_seconds: int, data: Dataset) -> str:
+    return (
+        f"{servers} run side by side; each request loads them in turn, in rounds that "
+        "alternate their order, so a slow spell of the machine hits all of them; after each "
+        "run the next waits (2 s at most) until the server is idle again. "
+        "req/s counts 2xx answers only; p50 is the median round's, p99 the worst round's; "
+        "errors are non-2xx answers + socket errors (connect, read, write, no answer within "
+        f"{wrk_timeout(round_seconds)} s); CPU ms/req is the user + system time of the worker "
+        "processes during the run per request, which other load on the machine disturbs "
+        "less than req/s; peak RSS is the largest VmHWM of a worker after the request's "
+        f"rounds. Each server starts on a freshly seeded database ({data.describe()}) with "
+        "the same uvicorn options (--workers N --no-access-log)."
+    )
+
+
+@contextmanager
+def _sqlite_servers(folder: Path, workers: int) -> Iterator[dict[str, LiveServer]]:
+    with ExitStack() as stack:
+        servers = {}
+        for name in APPS:
+            url = sqlite_url(folder / f"{name}-{workers}.db")
+            seed(url, SMALL)
+            servers[name] = stack.enter_context(
+                serve(name, url, workers=workers, log_path=folder / f"{name}-{workers}.log")
+            )
+        yield servers
+
+
+def sqlite_tables(
     folder: Path,
     *,
     workers: tuple[int, ...],
@@ -260,76 +368,156 @@ def web_tables(
     warmup: int,
     connections: int,
 ) -> list[Table]:
+    """Section 3 (app, tutorial and floor on SQLite) and the memory table."""
     round_seconds = max(1, seconds // rounds)
     http = Table(
-        f"3. HTTP under wrk ({connections} connections, {round_seconds * rounds} s per server "
-        f"and request in {rounds} alternating round(s), 127.0.0.1)",
+        f"3. HTTP under wrk on SQLite ({connections} connections, {round_seconds * rounds} s "
+        f"per server and request in {rounds} alternating round(s), 127.0.0.1)",
         (
             "request",
             "workers",
             "app req/s",
-            "baseline req/s",
-            "ratio",
+            "tutorial req/s",
+            "floor req/s",
+            "app / tutorial",
+            "app / floor",
             "app p50 / p99 ms",
-            "baseline p50 / p99 ms",
-            "app errors",
-            "baseline errors",
-            "CPU ms/req app / baseline",
+            "tutorial p50 / p99 ms",
+            "floor p50 / p99 ms",
+            "CPU ms/req app / tutorial / floor",
+            "errors app / tutorial / floor",
+            "peak RSS MiB app / tutorial / floor",
             "target",
             "met",
         ),
         notes=[
-            "Both servers run side by side; each request loads them in turn, in rounds that "
-            "alternate which goes first, so a slow spell of the machine hits both. "
-            "req/s counts 2xx answers only; p50 is the median round's, p99 the worst round's; "
-            "errors are non-2xx answers / socket errors (connect, read, write, no answer "
-            f"within {wrk_timeout(round_seconds)} s); CPU ms/req "
-            "is the user + system time of the worker processes during the run per request, "
-            "which other load on the machine disturbs less than req/s. Each server starts on "
-            f"a freshly seeded database ({USERS} users, {USERS * ITEMS_PER_USER} items) with "
-            "the same uvicorn options (--workers N --no-access-log); the baseline is "
-            "bench/baseline_app.py."
+            _notes("The three servers", round_seconds, SMALL),
+            "The tutorial is bench/baseline_app.py (FastAPI's SQL tutorial written the plain "
+            "way); the floor is bench/floor_app.py (bare Starlette, stdlib sqlite3, one SQL "
+            "statement per request on the event loop, SQLite builds the JSON).",
         ],
     )
     memory = Table(
-        "Memory: peak RSS (VmHWM) of a worker after the write benchmark",
-        ("workers", "app", "baseline", "ratio"),
+        "Memory: peak RSS (VmHWM) of a worker after the write benchmark, SQLite",
+        ("workers", "app", "tutorial", "floor", "app / tutorial", "target", "met"),
     )
     for w in workers:
-        runs = load_side_by_side(
-            w,
-            folder,
+        progress(f"SQLite, {w} worker(s)")
+        with _sqlite_servers(folder, w) as servers:
+            runs = measure(
+                servers,
+                REQUESTS,
+                round_seconds=round_seconds,
+                rounds=rounds,
+                warmup=warmup,
+                connections=connections,
+            )
+        for request in REQUESTS:
+            loads = [runs[name][request.label] for name in APPS]
+            app = loads[0]
+            ratios = {name: ratio(app, runs[name][request.label]) for name in APPS}
+            goals = _goals(request, w)
+            met = _met(goals, ratios, app.errors)
+            http.add(
+                request.label,
+                str(w),
+                *(rate(load) for load in loads),
+                times(ratios["tutorial"]),
+                times(ratios["floor"]),
+                *(latency(load) for load in loads),
+                _each(loads, "cpu"),
+                _each(loads, "errors"),
+                _each(loads, "rss"),
+                ", ".join(g.describe() for g in goals),
+                _verdict(goals, met),
+            )
+            for goal, ok in zip(goals, met, strict=True):
+                http.targets.append(
+                    Target(f"SQLite {request.label}, {w} worker(s)", f"req/s {goal.describe()}", ok)
+                )
+        peaks = {name: max(load.peak_rss_kib for load in runs[name].values()) for name in APPS}
+        share = peaks["app"] / peaks["tutorial"]
+        target, verdict = "", ""
+        if w == 1:
+            ok = share <= MEMORY_TARGET
+            target, verdict = f"<= {MEMORY_TARGET:.2f}x", "yes" if ok else "NO"
+            memory.targets.append(
+                Target("Memory, 1 worker", f"peak RSS <= {MEMORY_TARGET:.2f}x tutorial", ok)
+            )
+        memory.add(str(w), *(_mib(peaks[name]) for name in APPS), times(share), target, verdict)
+    return [http, memory]
+
+
+def postgres_table(
+    server_url: str,
+    folder: Path,
+    *,
+    seconds: int,
+    rounds: int,
+    warmup: int,
+    connections: int,
+) -> Table:
+    """Section 5: the app against the tutorial on PostgreSQL, 1 worker, a database each."""
+    round_seconds = max(1, seconds // rounds)
+    table = Table(
+        f"5. HTTP under wrk on PostgreSQL ({connections} connections, 1 worker, "
+        f"{round_seconds * rounds} s per server and request in {rounds} alternating round(s))",
+        (
+            "request",
+            "app req/s",
+            "tutorial req/s",
+            "app / tutorial",
+            "app p50 / p99 ms",
+            "tutorial p50 / p99 ms",
+            "CPU ms/req app / tutorial",
+            "errors app / tutorial",
+            "peak RSS MiB app / tutorial",
+            "target",
+            "met",
+        ),
+        notes=[
+            _notes("Both servers", round_seconds, SMALL),
+            "Each server has a database of its own on one throwaway PostgreSQL server on "
+            "127.0.0.1 (scripts/with_postgres.py: fsync and synchronous_commit off), seeded "
+            "with COPY before it starts; CPU ms/req counts the uvicorn worker only, not the "
+            "PostgreSQL backends.",
+        ],
+    )
+    with ExitStack() as stack:
+        servers = {}
+        for name in POSTGRES_APPS:
+            url = stack.enter_context(postgres_database(server_url, f"bench_{name}"))
+            seed(url, SMALL)
+            log_path = folder / f"{name}-postgres.log"
+            servers[name] = stack.enter_context(serve(name, url, workers=1, log_path=log_path))
+        progress("PostgreSQL, 1 worker")
+        runs = measure(
+            servers,
+            REQUESTS,
             round_seconds=round_seconds,
             rounds=rounds,
             warmup=warmup,
             connections=connections,
         )
-        app, base = runs["app"], runs["baseline"]
-        for request in REQUESTS:
-            a, b = app.loads[request.label], base.loads[request.label]
-            ratio = a.ok_per_second / b.ok_per_second if b.ok_per_second else math.inf
-            target, wanted, met = "", "", None
-            if not request.writes:
-                target, wanted, met = ">= 1.0x", "req/s >= 1.0x baseline", ratio >= 1.0
-            elif w >= 2:
-                target, wanted = ">= 1.0x, 0 errors", "req/s >= 1.0x baseline, zero errors"
-                met = ratio >= 1.0 and a.errors == 0
-            http.add(
-                request.label,
-                str(w),
-                f"{a.ok_per_second:,.0f}",
-                f"{b.ok_per_second:,.0f}",
-                f"{ratio:.2f}x" if b.ok_per_second else "∞ (baseline served none)",
-                _latency(a),
-                _latency(b),
-                _errors(a),
-                _errors(b),
-                f"{a.cpu_per_request} / {b.cpu_per_request}",
-                target,
-                "" if met is None else ("yes" if met else "NO"),
-            )
-            if met is not None:
-                http.targets.append(Target(f"HTTP {request.label}, {w} worker(s)", wanted, met))
-        a_rss, b_rss = max(app.peak_rss_kib), max(base.peak_rss_kib)
-        memory.add(str(w), _mib(a_rss), _mib(b_rss), f"{a_rss / b_rss:.2f}x")
-    return [http, memory]
+    for request in REQUESTS:
+        loads = [runs[name][request.label] for name in POSTGRES_APPS]
+        app, tutorial = loads
+        share = ratio(app, tutorial)
+        (ok,) = _met((POSTGRES_GOAL,), {"tutorial": share}, app.errors)
+        table.add(
+            request.label,
+            rate(app),
+            rate(tutorial),
+            times(share),
+            latency(app),
+            latency(tutorial),
+            _each(loads, "cpu"),
+            _each(loads, "errors"),
+            _each(loads, "rss"),
+            POSTGRES_GOAL.describe(),
+            "yes" if ok else "NO",
+        )
+        table.targets.append(
+            Target(f"PostgreSQL {request.label}, 1 worker", f"req/s {POSTGRES_GOAL.describe()}", ok)
+        )
+    return table

@@ -1,10 +1,12 @@
 -- One request shape per run, set by the environment; prints a JSON summary for bench.web.
 --   BENCH_METHOD  GET or POST
---   BENCH_PATH    a path, "%d" is replaced by an id cycling over 1..BENCH_IDS
+--   BENCH_PATH    a path, "%d" is replaced by an id in 1..BENCH_IDS
+--   BENCH_ORDER   "cycle" (default: each thread counts up from a random start) or "random"
 --   BENCH_BODY    a JSON body (POST)
 local method = os.getenv("BENCH_METHOD") or "GET"
 local path = os.getenv("BENCH_PATH") or "/"
 local ids = tonumber(os.getenv("BENCH_IDS") or "1")
+local random_order = os.getenv("BENCH_ORDER") == "random"
 local body = os.getenv("BENCH_BODY")
 
 wrk.method = method
@@ -14,13 +16,25 @@ if body ~= nil and body ~= "" then
 end
 
 local counter = 0
+local threads = 0
+
+function setup(thread)
+  threads = threads + 1
+  thread:set("thread_number", threads)
+end
 
 function init(args)
+  -- Each thread has its own Lua state: seed each differently, or all draw the same ids.
+  math.randomseed(os.time() * 1000 + (thread_number or 0))
   counter = math.random(ids)
 end
 
 function request()
-  counter = counter % ids + 1
+  if random_order then
+    counter = math.random(ids)
+  else
+    counter = counter % ids + 1
+  end
   return wrk.format(nil, string.format(path, counter))
 end
 

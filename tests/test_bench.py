@@ -1,13 +1,29 @@
-"""``python -m bench --quick``: the benchmark's smoke mode runs and prints every table."""
+"""The benchmark: its smoke mode prints every table, and its three servers answer alike."""
 
+import http.client
+import json
+import os
 import re
 import shutil
 import subprocess
 import sys
+from contextlib import ExitStack
 from pathlib import Path
+
+from sqlalchemy import create_engine, insert
+
+from app.database import Base
+from app.models import Item, User
+from app.testing.plugin import BACKEND, SERVER_URL
+from app.testing.server import LiveServer
 
 ROOT = Path(__file__).resolve().parent.parent
 HTTP_REQUESTS = ("GET /users/{id}", "GET /items/?limit=100", "POST /users/{id}/items/")
+SERVERS = {
+    "app": "app.main:app",
+    "tutorial": "bench.baseline_app:app",
+    "floor": "bench.floor_app:app",
+}
 
 
 def _tables(output: str) -> dict[str, list[list[str]]]:
@@ -35,13 +51,34 @@ def _number(cell: str) -> float:
     return float(match.group(1).replace(",", ""))
 
 
+def _numbers(cell: str) -> list[float]:
+    """``"a / b / c"`` cells: one measurement per server."""
+    return [_number(part) for part in cell.split(" / ")]
+
+
+def _check_http_rows(rows: list[list[str]], servers: int) -> None:
+    """req/s of every server, then its latency, CPU and peak RSS, all measured."""
+    for row in rows:
+        rates = [_number(cell) for cell in row[1 : 1 + servers]]
+        assert all(r > 0 for r in rates), f"a server served no 2xx: {row}"
+        assert row[-1].split(" ")[0] in ("yes", "NO"), row
+        rss = _numbers(row[-3])
+        assert len(rss) == servers
+        assert all(mib > 10 for mib in rss), row
+
+
 def test_quick_benchmark_prints_every_table_with_its_rows() -> None:
+    env = {k: v for k, v in os.environ.items() if k != "BENCH_POSTGRES_URL"}
+    postgres = BACKEND == "postgresql"
+    if postgres:
+        env["BENCH_POSTGRES_URL"] = SERVER_URL
     result = subprocess.run(
         [sys.executable, "-m", "bench", "--quick"],
         cwd=ROOT,
+        env=env,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=240,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     tables = _tables(result.stdout)
@@ -65,19 +102,44 @@ def test_quick_benchmark_prints_every_table_with_its_rows() -> None:
 
     targets = 2
     if shutil.which("wrk"):
-        http = _table(tables, "3. HTTP under wrk")
+        http = _table(tables, "3. HTTP under wrk on SQLite")
         assert [(row[0], row[1]) for row in http] == [(r, "1") for r in HTTP_REQUESTS]
+        _check_http_rows([row[1:] for row in http], servers=3)
         for row in http:
-            assert _number(row[2]) > 0, f"this app served no 2xx: {row}"
-            assert _number(row[3]) > 0, f"the baseline served no 2xx: {row}"
+            assert _number(row[5]) > 0, f"no ratio to the tutorial: {row}"
+            assert _number(row[6]) > 0, f"no ratio to the floor: {row}"
         memory = _table(tables, "Memory")
         assert [row[0] for row in memory] == ["1"]
-        assert _number(memory[0][1]) > 10
-        assert _number(memory[0][2]) > 10
-        targets += 2  # the two reads; the write target needs 2 workers
+        assert all(_number(cell) > 10 for cell in memory[0][1:4])
+        assert memory[0][6] in ("yes", "NO")
+        targets += 2 + 1 + 2 + 1  # users: floor and tutorial; items: floor; write; memory
+
+        growth = _table(tables, "6. Growth on SQLite")
+        labels = [row[0] for row in growth]
+        keyset = ["GET /items/?limit=100&after_id=9900"] if len(labels) == 5 else []
+        assert labels == [
+            "GET /users/{id}",
+            "GET /items/?limit=100&skip=0",
+            "GET /items/?limit=100&skip=9900",
+            *keyset,
+            "POST /users/{id}/items/",
+        ]
+        assert all(_number(row[1]) > 0 for row in growth), growth
+        assert _number(growth[2][3]) > 0
+        assert "Seeded in" in result.stdout
+
+        if postgres:
+            pg = _table(tables, "5. HTTP under wrk on PostgreSQL")
+            assert [row[0] for row in pg] == list(HTTP_REQUESTS)
+            _check_http_rows(pg, servers=2)
+            targets += 3
+            assert _number(_table(tables, "6. Growth on PostgreSQL")[2][1]) > 0
     else:
         assert "wrk is not installed" in result.stdout
         assert "apt-get install wrk" in result.stdout
+    if not postgres:
+        assert "BENCH_POSTGRES_URL is unset" in result.stdout
+        assert not [name for name in tables if "PostgreSQL" in name]
 
     floor = _table(tables, "4. SQLite write floor")
     assert [row[0] for row in floor] == [
@@ -90,3 +152,85 @@ def test_quick_benchmark_prints_every_table_with_its_rows() -> None:
     summary = re.search(r"^### Targets: (\d+) of (\d+) met$", result.stdout, re.MULTILINE)
     assert summary is not None
     assert int(summary.group(2)) == targets
+
+
+def _seed(path: Path) -> str:
+    """Users with and without items, an inactive one, and text JSON must escape."""
+    url = f"sqlite:///{path}"
+    engine = create_engine(url)
+    try:
+        Base.metadata.create_all(engine)
+        with engine.begin() as connection:
+            connection.execute(
+                insert(User),
+                [
+                    {"email": "ada@example.com", "hashed_password": "-", "is_active": True},
+                    {"email": "zoë@example.com", "hashed_password": "-", "is_active": False},
+                    {"email": "no-items@example.com", "hashed_password": "-", "is_active": True},
+                ],
+            )
+            connection.execute(
+                insert(Item),
+                [
+                    {"title": f"item {n}", "description": f"number {n}", "owner_id": 1}
+                    for n in range(5)
+                ]
+                + [
+                    {"title": 'quote " backslash \\ slash /', "description": None, "owner_id": 2},
+                    {"title": "tab\tnewline\n", "description": "☃ 🎉 \u0001", "owner_id": 1},
+                ],
+            )
+    finally:
+        engine.dispose()
+    return url
+
+
+Answer = tuple[int, str | None, bytes]
+
+
+def _answer(server: LiveServer, method: str, path: str, body: object = None) -> Answer:
+    connection = http.client.HTTPConnection(server.host, server.port, timeout=10)
+    try:
+        payload = None if body is None else json.dumps(body)
+        headers = {} if body is None else {"Content-Type": "application/json"}
+        connection.request(method, path, body=payload, headers=headers)
+        response = connection.getresponse()
+        return response.status, response.getheader("content-type"), response.read()
+    finally:
+        connection.close()
+
+
+EXCHANGES: tuple[tuple[str, str, object, int], ...] = (
+    ("GET", "/users/1", None, 200),
+    ("GET", "/users/2", None, 200),
+    ("GET", "/users/3", None, 200),
+    ("GET", "/users/99", None, 404),
+    ("GET", "/items/", None, 200),
+    ("GET", "/items/?skip=2&limit=3", None, 200),
+    ("GET", "/items/?skip=0&limit=100", None, 200),
+    ("GET", "/items/?skip=500&limit=5", None, 200),
+    ("POST", "/users/3/items/", {"title": "  padded  ", "description": None}, 200),
+    ("POST", "/users/2/items/", {"title": 'ünï ☃ "q" \\ \n', "description": "é\t🎉"}, 200),
+    ("POST", "/users/1/items/", {"title": "no description"}, 200),
+    ("POST", "/users/99/items/", {"title": "nobody's"}, 404),
+    ("GET", "/users/3", None, 200),
+    ("GET", "/users/2", None, 200),
+    ("GET", "/items/?limit=1000", None, 200),
+)
+
+
+def test_app_tutorial_and_floor_answer_with_the_same_bytes(tmp_path: Path) -> None:
+    answers: dict[str, list[Answer]] = {}
+    with ExitStack() as stack:
+        for name, app in SERVERS.items():
+            env = {"DATABASE_URL": _seed(tmp_path / f"{name}.db"), "MIGRATE_ON_STARTUP": "false"}
+            server = stack.enter_context(LiveServer(env, app=app, ready_path="/users/1"))
+            answers[name] = [_answer(server, m, p, b) for m, p, b, _ in EXCHANGES]
+    app_answers = answers["app"]
+    assert [a[0] for a in app_answers] == [status for *_, status in EXCHANGES]
+    assert all(a[1] == "application/json" for a in app_answers)
+    assert b'"is_active":false' in app_answers[1][2]
+    assert json.loads(app_answers[-1][2])[-1]["title"] == "no description"
+    for name in ("tutorial", "floor"):
+        for exchange, mine, theirs in zip(EXCHANGES, app_answers, answers[name], strict=True):
+            assert theirs == mine, f"{name} differs on {exchange[:2]}"
