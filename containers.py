@@ -11,7 +11,9 @@ from sqlalchemy.orm import Session
 from sqlalchemy.pool import AssertionPool, AsyncAdaptedQueuePool, QueuePool, StaticPool
 
 from app import sqlite
+from app.auth import Authenticator
 from app.config import Settings, async_url, settings
+from app.security import Passwords, Tokens
 from app.services import ItemService, UserService
 from app.transactions import Gate, Reader, Writer
 
@@ -25,7 +27,7 @@ __all__ = [
     "build_gates",
     "container",
     "dispose_engines",
-    "reset_units",
+    "reset_request_path",
 ]
 
 
@@ -148,17 +150,34 @@ class Container(containers.DeclarativeContainer):
     writer = providers.ThreadSafeSingleton(Writer, gates.provided.write, session.provider)
 
     password_hasher = providers.Singleton(PasswordHash.recommended)
-    user_service = providers.Factory(UserService, hasher=password_hasher)
+    passwords = providers.ThreadSafeSingleton(Passwords, password_hasher)
+    tokens = providers.ThreadSafeSingleton(
+        Tokens,
+        secret=settings.provided.SECRET_KEY,
+        expire_minutes=settings.provided.ACCESS_TOKEN_EXPIRE_MINUTES,
+    )
+
+    user_service = providers.Factory(UserService, passwords=passwords)
     item_service = providers.Factory(ItemService)
+    authenticator = providers.ThreadSafeSingleton(
+        Authenticator,
+        reader,
+        writer,
+        user_service,
+        passwords,
+        tokens,
+        enabled=settings.provided.AUTH_ENABLED,
+    )
 
 
 container = Container()
 
 
-def reset_units(c: Container = container) -> None:
-    """Build the gates and units of work afresh at next use, from the current settings and
-    engine: the app does this at startup, so it never serves with a previous run's gates."""
-    for provider in (c.gates, c.reader, c.writer):
+def reset_request_path(c: Container = container) -> None:
+    """Build the singletons that requests use (gates, units of work, password hashing, tokens,
+    the authenticator) afresh at next use, from the current settings, engine and hasher: the
+    app does this at startup, so it never serves with what a previous run built."""
+    for provider in (c.gates, c.reader, c.writer, c.passwords, c.tokens, c.authenticator):
         provider.reset()
 
 

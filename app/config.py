@@ -2,7 +2,7 @@
 
 from typing import Literal
 
-from pydantic import Field, PositiveFloat, PositiveInt, model_validator
+from pydantic import Field, PositiveFloat, PositiveInt, SecretStr, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -10,7 +10,10 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
-__all__ = ["Settings", "async_url", "settings"]
+__all__ = ["Settings", "async_url", "check_secret_key", "settings"]
+
+SECRET_KEY_MIN_LENGTH = 32
+_PLACEHOLDERS = ("changethis", "changeme", "secret", "password", "example", "your", "insecure")
 
 
 class Settings(BaseSettings):
@@ -22,6 +25,8 @@ class Settings(BaseSettings):
         yaml_file="config.yml",
         extra="ignore",
         validate_default=True,
+        # Errors name the setting but never echo its value: it may be a secret.
+        hide_input_in_errors=True,
     )
 
     DATABASE_URL: str = "sqlite:///./app.db"
@@ -61,9 +66,22 @@ class Settings(BaseSettings):
     SQLITE_BUSY_TIMEOUT_MS: PositiveInt = 5000
     SQLITE_SYNCHRONOUS: Literal["OFF", "NORMAL", "FULL", "EXTRA"] = "NORMAL"
 
+    AUTH_ENABLED: bool = Field(
+        default=False,
+        description="OAuth2 login (POST /token), bearer tokens and owner-only writes; off: "
+        "the tutorial's open contract",
+    )
+    SECRET_KEY: SecretStr | None = Field(
+        default=None, description="signs the access tokens (HS256); required with AUTH_ENABLED"
+    )
+    ACCESS_TOKEN_EXPIRE_MINUTES: PositiveInt = 30
+
     @model_validator(mode="after")
-    def _check_url(self) -> "Settings":
-        async_url(self)  # fail at start, naming the setting, rather than at first query
+    def _check(self) -> "Settings":
+        # Fail at start, naming the setting, rather than at the first query or login.
+        async_url(self)
+        if self.AUTH_ENABLED:
+            check_secret_key(self.SECRET_KEY)
         return self
 
     @classmethod
@@ -82,6 +100,22 @@ class Settings(BaseSettings):
             YamlConfigSettingsSource(settings_cls),
             file_secret_settings,
         )
+
+
+def check_secret_key(key: SecretStr | None) -> None:
+    """Refuse a missing, short or placeholder SECRET_KEY, without ever showing its value."""
+    value = key.get_secret_value() if key is not None else ""
+    how = "set it to a random value: python -c 'import secrets; print(secrets.token_urlsafe(32))'"
+    if not value:
+        raise ValueError(f"SECRET_KEY is required when AUTH_ENABLED is true: {how}")
+    if len(value) < SECRET_KEY_MIN_LENGTH:
+        raise ValueError(
+            f"SECRET_KEY is too short ({len(value)} characters, at least "
+            f"{SECRET_KEY_MIN_LENGTH}): {how}"
+        )
+    lowered = value.lower()
+    if any(word in lowered for word in _PLACEHOLDERS) or len(set(value)) < 8:
+        raise ValueError(f"SECRET_KEY looks like a placeholder, not a random value: {how}")
 
 
 _ASYNC_DRIVERS = {

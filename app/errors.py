@@ -1,14 +1,26 @@
-"""The one place that turns exceptions into HTTP answers."""
+"""The one place that turns exceptions into HTTP answers, and declares them in OpenAPI."""
 
 import logging
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy import exc
+from sqlalchemy.orm.exc import StaleDataError
 
-from app.exceptions import DatabaseBusyError, EmailAlreadyRegisteredError, WriteInReadError
+from app.exceptions import (
+    DatabaseBusyError,
+    EmailAlreadyRegisteredError,
+    InactiveUserError,
+    IncorrectLoginError,
+    NotAuthenticatedError,
+    PermissionDeniedError,
+    PreconditionFailedError,
+    WriteInReadError,
+)
+from app.schemas import HTTPError
 
-__all__ = ["install_error_handlers"]
+__all__ = ["RETRY_AFTER_SECONDS", "install_error_handlers", "responses"]
 
 log = logging.getLogger("app")
 
@@ -20,32 +32,87 @@ _UNAVAILABLE = (
     exc.DisconnectionError,
 )
 RETRY_AFTER_SECONDS = "1"
+_BEARER = {"WWW-Authenticate": "Bearer"}
+
+_RESPONSES: dict[int, dict[str, Any]] = {
+    400: {"description": "The request conflicts with the rules (e-mail taken, inactive user)"},
+    401: {
+        "description": "No valid bearer token (or, at /token, wrong e-mail or password)",
+        "headers": {"WWW-Authenticate": {"schema": {"type": "string"}}},
+    },
+    403: {"description": "The resource belongs to someone else"},
+    404: {"description": "No such resource"},
+    409: {"description": "The request conflicts with existing data"},
+    412: {
+        "description": "If-Match names a version the resource no longer has; nothing changed",
+        "headers": {"ETag": {"schema": {"type": "string"}, "description": "the current one"}},
+    },
+    503: {
+        "description": "The database is busy or unavailable; nothing changed, retry",
+        "headers": {"Retry-After": {"schema": {"type": "integer"}}},
+    },
+}
+
+
+def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for these error statuses, each with the ``HTTPError`` body."""
+    return {status: {"model": HTTPError, **_RESPONSES[status]} for status in statuses}
+
+
+def _detail(detail: str, status: int, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"detail": detail}, status_code=status, headers=headers)
 
 
 async def _email_taken(request: Request, error: Exception) -> JSONResponse:
-    return JSONResponse({"detail": "Email already registered"}, status_code=400)
+    return _detail("Email already registered", 400)
+
+
+async def _not_authenticated(request: Request, error: Exception) -> JSONResponse:
+    return _detail(str(error), 401, _BEARER)
+
+
+async def _incorrect_login(request: Request, error: Exception) -> JSONResponse:
+    return _detail("Incorrect username or password", 401, _BEARER)
+
+
+async def _inactive(request: Request, error: Exception) -> JSONResponse:
+    return _detail("Inactive user", 400)
+
+
+async def _forbidden(request: Request, error: Exception) -> JSONResponse:
+    return _detail("Not enough permissions", 403)
+
+
+async def _precondition_failed(request: Request, error: Exception) -> JSONResponse:
+    # A concurrent change that the row lock did not serialize ends here too (StaleDataError).
+    current = str(error) if isinstance(error, PreconditionFailedError) else ""
+    return _detail(
+        "The resource has changed since it was read; fetch it again",
+        412,
+        {"ETag": current} if current else None,
+    )
 
 
 async def _conflict(request: Request, error: Exception) -> JSONResponse:
     log.info("integrity error on %s: %s", _endpoint(request), error)
-    return JSONResponse({"detail": "Request conflicts with existing data"}, status_code=409)
+    return _detail("Request conflicts with existing data", 409)
 
 
 async def _unavailable(request: Request, error: Exception) -> JSONResponse:
     # No stack trace: this is load or an outage, not a bug. The message may name the cause
     # ("database is locked", "connection refused") but never a password: SQLAlchemy hides it.
     log.warning("database unavailable on %s: %s", _endpoint(request), str(error).splitlines()[0])
-    return JSONResponse(
-        {"detail": "Database is busy or unavailable, please retry"},
-        status_code=503,
-        headers={"Retry-After": RETRY_AFTER_SECONDS},
+    return _detail(
+        "Database is busy or unavailable, please retry",
+        503,
+        {"Retry-After": RETRY_AFTER_SECONDS},
     )
 
 
 def _endpoint(request: Request) -> str:
     """``GET /users/{user_id} (read_user)``: the route template, never the raw path."""
     route = request.scope.get("route")
-    path = getattr(route, "path", request.url.path)
+    path = getattr(route, "path", "<unmatched>")
     name = getattr(route, "name", "?")
     return f"{request.method} {path} ({name})"
 
@@ -57,13 +124,22 @@ async def _write_in_read(request: Request, error: Exception) -> JSONResponse:
 
 
 async def _internal(request: Request, error: Exception) -> JSONResponse:
-    return JSONResponse({"detail": "Internal Server Error"}, status_code=500)
+    return _detail("Internal Server Error", 500)
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    app.add_exception_handler(EmailAlreadyRegisteredError, _email_taken)
-    app.add_exception_handler(WriteInReadError, _write_in_read)
-    app.add_exception_handler(exc.IntegrityError, _conflict)
-    for error in _UNAVAILABLE:
-        app.add_exception_handler(error, _unavailable)
-    app.add_exception_handler(Exception, _internal)
+    handlers = {
+        EmailAlreadyRegisteredError: _email_taken,
+        NotAuthenticatedError: _not_authenticated,
+        IncorrectLoginError: _incorrect_login,
+        InactiveUserError: _inactive,
+        PermissionDeniedError: _forbidden,
+        PreconditionFailedError: _precondition_failed,
+        StaleDataError: _precondition_failed,
+        WriteInReadError: _write_in_read,
+        exc.IntegrityError: _conflict,
+        **dict.fromkeys(_UNAVAILABLE, _unavailable),
+        Exception: _internal,
+    }
+    for error, handler in handlers.items():
+        app.add_exception_handler(error, handler)

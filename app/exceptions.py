@@ -6,6 +6,11 @@
 __all__ = [
     "DatabaseBusyError",
     "EmailAlreadyRegisteredError",
+    "InactiveUserError",
+    "IncorrectLoginError",
+    "NotAuthenticatedError",
+    "PermissionDeniedError",
+    "PreconditionFailedError",
     "UnversionedDatabaseError",
     "WriteInReadError",
 ]
@@ -21,6 +26,27 @@ class WriteInReadError(RuntimeError):
 
 class EmailAlreadyRegisteredError(Exception):
     """A user with this e-mail exists; the unique constraint decided it."""
+
+
+class NotAuthenticatedError(Exception):
+    """The request carries no valid access token (missing, malformed, expired, forged, or
+    naming a user that is gone or inactive); the message says which, for the client."""
+
+
+class IncorrectLoginError(Exception):
+    """Wrong e-mail or password; deliberately the same error for both."""
+
+
+class InactiveUserError(Exception):
+    """The credentials are right but the account is deactivated."""
+
+
+class PermissionDeniedError(Exception):
+    """The caller may not act on this resource: it is someone else's."""
+
+
+class PreconditionFailedError(Exception):
+    """``If-Match`` names a version the resource no longer has: nothing was changed."""
 
 
 class UnversionedDatabaseError(RuntimeError):

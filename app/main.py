@@ -4,20 +4,20 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from types import ModuleType
-from typing import cast
+from typing import Any, cast
 
 import anyio.to_thread
 from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 from sqlalchemy import Engine
 
-from app import migrations, routers
+from app import deps, migrations, routers
 from app.admission import RequestLimit
 from app.config import Settings
 from app.database import ensure_database_schema
 from app.errors import install_error_handlers
 from app.transactions import Reader, Writer
-from containers import container, dispose_engines, reset_units
+from containers import container, dispose_engines, reset_request_path
 
 __all__ = ["app", "create_app", "lifespan"]
 
@@ -43,9 +43,14 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     # At every startup, not once at import: a test that unwired the container, or changed
     # its settings or engine, gets an app that serves with what the container holds now.
     if routers not in cast(list[ModuleType], container.wired_to_packages):
-        container.wire(packages=[routers], warn_unresolved=True)
-    reset_units(container)
+        container.wire(modules=[deps], packages=[routers], warn_unresolved=True)
+    reset_request_path(container)
     s: Settings = container.settings()
+    if app.state.auth_enabled != s.AUTH_ENABLED:
+        raise RuntimeError(
+            f"this app was created with AUTH_ENABLED={app.state.auth_enabled}, and the "
+            f"settings now say {s.AUTH_ENABLED}: call create_app() with the settings in place"
+        )
     engine: Engine = container.engine()
     anyio.to_thread.current_default_thread_limiter().total_tokens = s.THREADPOOL_SIZE
     app.state.max_concurrent_requests = s.MAX_CONCURRENT_REQUESTS
@@ -62,16 +67,37 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 
 def create_app() -> FastAPI:
+    """The app for the container's current settings: ``AUTH_ENABLED`` decides its routes."""
+    auth_enabled = container.settings().AUTH_ENABLED
     app = FastAPIOffline(
         title="Users and items",
         summary="FastAPI + SQLAlchemy 2, composed by a dependency-injector container",
         lifespan=lifespan,
     )
+    app.state.auth_enabled = auth_enabled
     install_error_handlers(app)
     app.add_middleware(RequestLimit)
-    for router in routers.ROUTERS:
+    for router in (*routers.AUTH_ROUTERS, *routers.ROUTERS) if auth_enabled else routers.ROUTERS:
         app.include_router(router)
+    if not auth_enabled:
+        generate = app.openapi
+        app.openapi = lambda: _without_auth(generate())  # type: ignore[method-assign]
     return app
+
+
+def _without_auth(schema: dict[str, Any]) -> dict[str, Any]:
+    """The schema as clients of an open service see it: no bearer scheme, no 401 or 403.
+
+    The endpoints declare their security dependency once, for both modes; with auth off it
+    lets every request through, so the schema must not ask for a token.
+    """
+    schema.get("components", {}).pop("securitySchemes", None)
+    for operations in schema["paths"].values():
+        for operation in operations.values():
+            operation.pop("security", None)
+            for status in ("401", "403"):
+                operation.get("responses", {}).pop(status, None)
+    return schema
 
 
 app = create_app()

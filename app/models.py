@@ -7,26 +7,44 @@ from app.base import Base
 
 __all__ = ["Item", "User"]
 
+# Ids are never reused (SQLite would hand a deleted row's id to the next insert): a token or
+# an ETag that names a deleted row must not come to name a new one.
+_NEVER_REUSE_IDS = {"sqlite_autoincrement": True}
+
 
 class User(Base):
     __tablename__ = "users"
+    __table_args__ = _NEVER_REUSE_IDS
 
     id: Mapped[int] = mapped_column(primary_key=True)
     email: Mapped[str] = mapped_column(String(320), unique=True, index=True)
     hashed_password: Mapped[str] = mapped_column(String(255))
     is_active: Mapped[bool] = mapped_column(default=True, server_default="1")
+    version: Mapped[int] = mapped_column(server_default="1")
 
     items: Mapped[list["Item"]] = relationship(
-        back_populates="owner", order_by="Item.id", lazy="raise_on_sql"
+        back_populates="owner",
+        order_by="Item.id",
+        lazy="raise_on_sql",
+        # The database deletes a user's items (ON DELETE CASCADE): the ORM need not load them.
+        cascade="all, delete-orphan",
+        passive_deletes=True,
     )
+
+    # Every UPDATE and DELETE checks and bumps the version: the ETag, and no lost updates.
+    __mapper_args__ = {"version_id_col": version}  # noqa: RUF012  (read once, at mapping)
 
 
 class Item(Base):
     __tablename__ = "items"
+    __table_args__ = _NEVER_REUSE_IDS
 
     id: Mapped[int] = mapped_column(primary_key=True)
     title: Mapped[str] = mapped_column(String(200), index=True)
     description: Mapped[str | None] = mapped_column(String(2000))
-    owner_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    owner_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    version: Mapped[int] = mapped_column(server_default="1")
 
     owner: Mapped[User] = relationship(back_populates="items", lazy="raise_on_sql")
+
+    __mapper_args__ = {"version_id_col": version}  # noqa: RUF012  (read once, at mapping)

@@ -1,12 +1,30 @@
-"""Pydantic models of the HTTP API; no output schema carries a password."""
+"""Pydantic models of the HTTP API; no output schema carries a password.
 
-from typing import Annotated
+A field of an ``...Update`` schema that the client leaves out is ``MISSING`` and stays as it
+is; ``null`` is accepted only where the column is nullable (``description``).
+"""
 
-from pydantic import BaseModel, ConfigDict, EmailStr, Field, StringConstraints
+from typing import Annotated, Literal
 
-__all__ = ["ItemCreate", "ItemRead", "UserCreate", "UserRead"]
+from pydantic import MISSING, BaseModel, ConfigDict, EmailStr, Field, StringConstraints
+
+__all__ = [
+    "Deleted",
+    "HTTPError",
+    "ItemCreate",
+    "ItemRead",
+    "ItemUpdate",
+    "LoginForm",
+    "Token",
+    "UserCreate",
+    "UserRead",
+    "UserUpdate",
+]
 
 Title = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+Description = Annotated[str, Field(max_length=2000)]
+Email = Annotated[EmailStr, Field(max_length=320)]
+Password = Annotated[str, Field(min_length=1, max_length=1024)]
 
 
 class ItemCreate(BaseModel):
@@ -15,7 +33,14 @@ class ItemCreate(BaseModel):
     )
 
     title: Title
-    description: Annotated[str, Field(max_length=2000)] | None = None
+    description: Description | None = None
+
+
+class ItemUpdate(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"title": "Fountain pen"}]})
+
+    title: Title | MISSING = MISSING
+    description: Description | MISSING | None = MISSING
 
 
 class ItemRead(BaseModel):
@@ -32,8 +57,16 @@ class UserCreate(BaseModel):
         json_schema_extra={"examples": [{"email": "alice@example.com", "password": "s3cret"}]}
     )
 
-    email: Annotated[EmailStr, Field(max_length=320)]
-    password: Annotated[str, Field(min_length=1, max_length=1024)]
+    email: Email
+    password: Password
+
+
+class UserUpdate(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"password": "n3w-s3cret"}]})
+
+    email: Email | MISSING = MISSING
+    password: Password | MISSING = MISSING
+    is_active: bool | MISSING = MISSING
 
 
 class UserRead(BaseModel):
@@ -43,3 +76,38 @@ class UserRead(BaseModel):
     email: str
     is_active: bool
     items: list[ItemRead] = []
+
+
+class LoginForm(BaseModel):
+    """OAuth2's password grant (RFC 6749, section 4.3), form-encoded: ``username`` is the
+    e-mail. The fields Swagger UI's Authorize dialog sends are all accepted."""
+
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"username": "alice@example.com", "password": "s3cret"}]}
+    )
+
+    grant_type: Literal["password"] | None = None
+    username: str
+    password: str
+    scope: str = ""
+    client_id: str | None = None
+    client_secret: str | None = None
+
+
+class Token(BaseModel):
+    """OAuth2's token response (RFC 6749, section 5.1)."""
+
+    access_token: str
+    token_type: Literal["bearer"] = "bearer"
+
+
+class Deleted(BaseModel):
+    ok: Literal[True] = True
+
+
+class HTTPError(BaseModel):
+    """Every error answer but 422: ``{"detail": "..."}``."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"detail": "User not found"}]})
+
+    detail: str

@@ -58,7 +58,9 @@ class Connection:
         self._streams: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
         self._idle_since = 0.0
 
-    async def request(self, method: str, path: str, body: Any = None) -> Response:
+    async def request(
+        self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None
+    ) -> Response:
         start = time.perf_counter()
         if start - self._idle_since > _KEEP_ALIVE_SECONDS:
             self.close()  # the server may be closing it right now: never reuse a stale socket
@@ -67,7 +69,7 @@ class Connection:
                 if self._streams is None:
                     self._streams = await asyncio.open_connection(self._host, self._port)
                 reader, writer = self._streams
-                writer.write(self._encode(method, path, body))
+                writer.write(self._encode(method, path, body, headers or {}))
                 await writer.drain()
                 status, headers, content = await _read_response(reader)
         except BaseException:
@@ -89,9 +91,10 @@ class Connection:
             self._streams[1].close()
             self._streams = None
 
-    def _encode(self, method: str, path: str, body: Any) -> bytes:
+    def _encode(self, method: str, path: str, body: Any, headers: dict[str, str]) -> bytes:
         content = b"" if body is None else json.dumps(body).encode()
         head = f"{method} {path} HTTP/1.1\r\nHost: {self._host}:{self._port}\r\n"
+        head += "".join(f"{name}: {value}\r\n" for name, value in headers.items())
         if body is not None:
             head += "Content-Type: application/json\r\n"
         head += f"Content-Length: {len(content)}\r\n\r\n"

@@ -79,7 +79,7 @@ def test_an_unreachable_database_is_503_with_retry_after(
 ) -> None:
     engine, async_engine = unreachable
     with container.engine.override(engine), container.async_engine.override(async_engine):
-        response = client.request(request_.method, request_.path, json=request_.json)
+        response = request_.send(client)
     assert response.status_code == 503
     assert response.headers["content-type"] == "application/json"
     assert response.json() == UNAVAILABLE
@@ -107,8 +107,10 @@ class OrphanItemUserService(UserService):
 
 
 class FailingItemService(ItemService):
-    def create_for_user(self, session: Session, user_id: int, item_in: ItemCreate) -> Item | None:
-        super().create_for_user(session, user_id, item_in)
+    def create_for_user(
+        self, session: Session, user_id: int, item_in: ItemCreate, *, caller_id: int | None
+    ) -> Item | None:
+        super().create_for_user(session, user_id, item_in, caller_id=caller_id)
         raise RuntimeError("boom after the flush")
 
 
@@ -124,7 +126,7 @@ class FailingItemService(ItemService):
 def test_a_failed_registration_is_clean_json_and_commits_nothing(
     quiet_client: TestClient, service: type[UserService], status: int, detail: str
 ) -> None:
-    with container.user_service.override(providers.Object(service(container.password_hasher()))):
+    with container.user_service.override(providers.Object(service(container.passwords()))):
         response = quiet_client.post(
             "/users/", json={"email": "alice@example.com", "password": SECRET}
         )
@@ -149,7 +151,7 @@ def test_a_failed_item_write_commits_nothing(quiet_client: TestClient) -> None:
 
 class RaisingReads(UserService):
     def __init__(self, error: Exception) -> None:
-        super().__init__(container.password_hasher())
+        super().__init__(container.passwords())
         self.error = error
 
     def get_page(self, session: Session, *, skip: int, limit: int) -> Sequence[User]:
@@ -183,7 +185,7 @@ class BlockingReads(UserService):
     """Holds its connection until released, like a slow query."""
 
     def __init__(self) -> None:
-        super().__init__(container.password_hasher())
+        super().__init__(container.passwords())
         self.entered = threading.Event()
         self.release = threading.Event()
 

@@ -121,3 +121,58 @@ def test_list_items_accepts_limit_1000(client: TestClient) -> None:
     response = client.get("/items/?limit=1000&skip=0")
     assert response.status_code == 200
     assert len(response.json()) == 1
+
+
+# Fetch, change and delete one item
+
+
+def test_get_item_sends_its_version_as_etag(client: TestClient) -> None:
+    owner = create_user(client)["id"]
+    item = create_item(client, owner, title="Pen", description="blue")
+    response = client.get(f"/items/{item['id']}")
+    assert response.status_code == 200
+    assert response.json() == item
+    assert response.headers["etag"] == '"1"'
+    missing = client.get("/items/999999")
+    assert (missing.status_code, missing.json()) == (404, {"detail": "Item not found"})
+
+
+def test_patch_changes_only_the_fields_sent(client: TestClient) -> None:
+    owner = create_user(client)["id"]
+    item = create_item(client, owner, title="Pen", description="blue")
+    path = f"/items/{item['id']}"
+    response = client.patch(path, json={"title": "  Fountain pen "})
+    assert response.status_code == 200
+    assert response.json() == {**item, "title": "Fountain pen"}
+    assert response.headers["etag"] == '"2"'
+    cleared = client.patch(path, json={"description": None})
+    assert cleared.json() == {**item, "title": "Fountain pen", "description": None}
+    assert cleared.headers["etag"] == '"3"'
+    unchanged = client.patch(path, json={})
+    assert unchanged.json() == cleared.json()
+    assert unchanged.headers["etag"] == '"3"'  # nothing changed: no new version
+    assert client.get(path).json() == cleared.json()
+
+
+@pytest.mark.parametrize(
+    "body",
+    [{"title": None}, {"title": ""}, {"title": "   "}, {"title": "x" * 201}, {"description": 5}],
+)
+def test_patch_rejects_what_create_rejects_and_a_null_title(
+    client: TestClient, body: dict[str, Any]
+) -> None:
+    owner = create_user(client)["id"]
+    item = create_item(client, owner, title="Pen")
+    response = client.patch(f"/items/{item['id']}", json=body)
+    assert response.status_code == 422
+    assert client.get(f"/items/{item['id']}").json() == item
+
+
+def test_delete_item(client: TestClient) -> None:
+    owner = create_user(client)["id"]
+    item = create_item(client, owner)
+    assert client.delete(f"/items/{item['id']}").json() == {"ok": True}
+    assert client.get(f"/items/{item['id']}").status_code == 404
+    assert client.delete(f"/items/{item['id']}").status_code == 404
+    assert client.patch(f"/items/{item['id']}", json={"title": "t"}).status_code == 404
+    assert client.get(f"/users/{owner}").json()["items"] == []

@@ -72,6 +72,7 @@ def schema_of(engine: Engine) -> dict[str, Any]:
         )
         primary_key = inspector.get_pk_constraint(table)
         tables[table] = {
+            "ids_never_reused": _autoincrement(engine, table),
             "columns": columns,
             "primary_key": (primary_key["name"], primary_key["constrained_columns"]),
             "indexes": indexes,
@@ -79,6 +80,17 @@ def schema_of(engine: Engine) -> dict[str, Any]:
             "foreign_keys": foreign_keys,
         }
     return tables
+
+
+def _autoincrement(engine: Engine, table: str) -> bool | None:
+    """SQLite: whether the table's id is AUTOINCREMENT (never reuses a deleted row's id)."""
+    if engine.dialect.name != "sqlite":
+        return None
+    with engine.connect() as connection:
+        sql = connection.scalar(
+            text("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = :t"), {"t": table}
+        )
+    return "AUTOINCREMENT" in str(sql)
 
 
 def test_upgrade_head_builds_exactly_the_create_all_schema(engine: Engine) -> None:
@@ -299,7 +311,7 @@ def test_batch_migration_of_a_referenced_table_keeps_rows_and_foreign_keys(
 
 
 def test_a_failing_migration_changes_nothing(engine: Engine, tmp_path: Path) -> None:
-    orphan_items = 'op.execute("DELETE FROM users")'
+    orphan_items = 'op.execute("UPDATE items SET owner_id = owner_id + 1000")'
     config = config_with_extra_revision(tmp_path, extra=orphan_items)
     migrations.upgrade(HEAD, config=config)
     insert_user_with_item(engine)

@@ -228,7 +228,7 @@ def test_an_endpoint_whose_read_writes_answers_500_and_logs_the_endpoint(
             return super().get_page(session, skip=skip, limit=limit)
 
     with container.user_service.override(
-        providers.Factory(WritingUsers, hasher=container.password_hasher)
+        providers.Factory(WritingUsers, passwords=container.passwords)
     ):
         response = client.get("/users/")
     assert response.status_code == 500

@@ -8,15 +8,15 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, delete, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.config import Settings
 from app.database import SessionLocal, ensure_database_schema
-from app.models import User
+from app.models import Item, User
 from app.testing.plugin import count_rows, engine_pair
 from containers import container
-from tests.factories import PASSWORD, create_user
+from tests.factories import PASSWORD, add_item, add_user, create_item, create_user
 
 USER_KEYS = {"id", "email", "is_active", "items"}
 
@@ -210,3 +210,80 @@ def test_provider_overrides_reach_http_requests(
     assert [u["email"] for u in client.get("/users/").json()] == ["first@example.com"]
     with container.engine.override(other):
         assert [u["email"] for u in client.get("/users/").json()] == ["second@example.com"]
+
+
+# Change and delete a user
+
+
+def test_patch_user_changes_the_fields_sent_and_rehashes_a_new_password(
+    client: TestClient,
+) -> None:
+    user = create_user(client, "before@example.com")
+    path = f"/users/{user['id']}"
+    response = client.patch(path, json={"email": "after@example.com"})
+    assert response.status_code == 200
+    assert response.json() == {**user, "email": "after@example.com"}
+    assert response.headers["etag"] == '"2"'
+    old_hash = stored_users()[0].hashed_password
+    response = client.patch(path, json={"password": "a new one", "is_active": False})
+    assert response.json() == {**user, "email": "after@example.com", "is_active": False}
+    assert "password" not in response.text
+    [stored] = stored_users()
+    assert stored.hashed_password != old_hash
+    assert container.password_hasher().verify("a new one", stored.hashed_password)
+
+
+@pytest.mark.parametrize(
+    "body", [{"email": None}, {"email": "not-an-email"}, {"password": ""}, {"is_active": None}]
+)
+def test_patch_user_rejects_bad_fields(client: TestClient, body: dict[str, Any]) -> None:
+    user = create_user(client)
+    assert client.patch(f"/users/{user['id']}", json=body).status_code == 422
+    assert client.get(f"/users/{user['id']}").json() == user
+
+
+def test_patch_user_to_a_taken_email_is_400(client: TestClient) -> None:
+    create_user(client, "taken@example.com")
+    user = create_user(client)
+    response = client.patch(f"/users/{user['id']}", json={"email": "taken@example.com"})
+    assert (response.status_code, response.json()) == (400, {"detail": "Email already registered"})
+    assert client.get(f"/users/{user['id']}").json() == user
+
+
+def test_concurrent_renames_to_one_email_have_exactly_one_winner(client: TestClient) -> None:
+    users = [create_user(client)["id"] for _ in range(6)]
+    statuses: list[int] = []
+    barrier = threading.Barrier(len(users))
+
+    def rename(user_id: int) -> None:
+        barrier.wait(timeout=10)
+        response = client.patch(f"/users/{user_id}", json={"email": "wanted@example.com"})
+        statuses.append(response.status_code)
+
+    threads = [threading.Thread(target=rename, args=(user_id,)) for user_id in users]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert sorted(statuses) == [200] + [400] * 5
+    assert [u.email for u in stored_users()].count("wanted@example.com") == 1
+
+
+def test_delete_user_deletes_their_items(client: TestClient) -> None:
+    alice, bob = create_user(client)["id"], create_user(client)["id"]
+    for owner in (alice, alice, bob):
+        create_item(client, owner)
+    assert client.delete(f"/users/{alice}").json() == {"ok": True}
+    assert client.get(f"/users/{alice}").status_code == 404
+    assert count_rows(Item, Item.owner_id == alice) == 0
+    assert count_rows(Item) == 1
+    assert client.delete(f"/users/{alice}").status_code == 404
+
+
+def test_the_database_itself_cascades_a_user_delete(schema: Engine) -> None:
+    """ON DELETE CASCADE in the schema, not only in the ORM: plain SQL deletes items too."""
+    owner = add_user()
+    add_item(owner)
+    with schema.begin() as connection:
+        connection.execute(delete(User).where(User.id == owner))
+    assert count_rows(Item) == 0

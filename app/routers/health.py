@@ -7,8 +7,9 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from app.deps import Read
+from app.errors import responses
 
-router = APIRouter(tags=["health"])
+router = APIRouter(tags=["health"], responses=responses(503))
 
 
 class Health(BaseModel):

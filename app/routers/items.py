@@ -1,25 +1,69 @@
-"""/items: list every item."""
+"""/items: list, fetch, change and delete items."""
 
 from collections.abc import Sequence
 
 from dependency_injector.wiring import inject
-from fastapi import APIRouter
+from fastapi import APIRouter, HTTPException, Response
 
-from app.deps import Items, Read
+from app.deps import Caller, IfMatch, Items, Owner, Read, Write
+from app.errors import responses
+from app.etags import etag
 from app.models import Item
-from app.routers.paging import Limit, Skip
-from app.schemas import ItemRead
+from app.routers.paging import Id, Limit, Skip
+from app.schemas import Deleted, ItemRead, ItemUpdate
 
-router = APIRouter(prefix="/items", tags=["items"])
+router = APIRouter(prefix="/items", tags=["items"], responses=responses(503))
+
+_NOT_FOUND = "Item not found"
 
 
-@router.get("/", response_model=list[ItemRead])
+@router.get("/", response_model=list[ItemRead], responses=responses(401))
 @inject
 async def read_items(
-    read: Read,
-    items: Items,
-    skip: Skip = 0,
-    limit: Limit = 100,
+    caller: Caller, read: Read, items: Items, skip: Skip = 0, limit: Limit = 100
 ) -> Sequence[Item]:
     """List items, oldest first."""
     return await read(items.get_page, skip=skip, limit=limit)
+
+
+@router.get("/{item_id}", response_model=ItemRead, responses=responses(401, 404))
+@inject
+async def read_item(
+    item_id: Id, caller: Caller, response: Response, read: Read, items: Items
+) -> Item:
+    """Fetch one item; the ETag header carries its version."""
+    item = await read(items.get, item_id)
+    if item is None:
+        raise HTTPException(status_code=404, detail=_NOT_FOUND)
+    response.headers["ETag"] = etag(item.version)
+    return item
+
+
+@router.patch("/{item_id}", response_model=ItemRead, responses=responses(401, 403, 404, 412))
+@inject
+async def update_item(
+    item_id: Id,
+    changes: ItemUpdate,
+    owner: Owner,
+    response: Response,
+    write: Write,
+    items: Items,
+    if_match: IfMatch = None,
+) -> Item:
+    """Change the fields sent (title, description: null clears it); only the owner."""
+    item = await write(items.update, item_id, changes, if_match=if_match, caller_id=owner)
+    if item is None:
+        raise HTTPException(status_code=404, detail=_NOT_FOUND)
+    response.headers["ETag"] = etag(item.version)
+    return item
+
+
+@router.delete("/{item_id}", responses=responses(401, 403, 404, 412))
+@inject
+async def delete_item(
+    item_id: Id, owner: Owner, write: Write, items: Items, if_match: IfMatch = None
+) -> Deleted:
+    """Delete the item; only its owner."""
+    if not await write(items.delete, item_id, if_match=if_match, caller_id=owner):
+        raise HTTPException(status_code=404, detail=_NOT_FOUND)
+    return Deleted()

@@ -1,19 +1,24 @@
-"""/users: create, list and fetch users; create their items."""
+"""/users: sign up, list, fetch, change and delete users; create their items."""
 
 from collections.abc import Sequence
 
 from dependency_injector.wiring import inject
-from fastapi import APIRouter, HTTPException
+from fastapi import APIRouter, HTTPException, Response
+from pydantic import MISSING
 
-from app.deps import Items, Read, Users, Write
+from app.deps import Caller, IfMatch, Items, Owner, Read, Users, Write
+from app.errors import responses
+from app.etags import etag
 from app.models import Item, User
 from app.routers.paging import Id, Limit, Skip
-from app.schemas import ItemCreate, ItemRead, UserCreate, UserRead
+from app.schemas import Deleted, ItemCreate, ItemRead, UserCreate, UserRead, UserUpdate
 
-router = APIRouter(prefix="/users", tags=["users"])
+router = APIRouter(prefix="/users", tags=["users"], responses=responses(503))
+
+_NOT_FOUND = "User not found"
 
 
-@router.post("/", response_model=UserRead)
+@router.post("/", response_model=UserRead, responses=responses(400))
 @inject
 async def create_user(user_in: UserCreate, write: Write, users: Users) -> User:
     """Register a user; 400 if the e-mail is taken."""
@@ -21,32 +26,68 @@ async def create_user(user_in: UserCreate, write: Write, users: Users) -> User:
     return await write(users.create, user_in, hashed)
 
 
-@router.get("/", response_model=list[UserRead])
+@router.get("/", response_model=list[UserRead], responses=responses(401))
 @inject
 async def read_users(
-    read: Read, users: Users, skip: Skip = 0, limit: Limit = 100
+    caller: Caller, read: Read, users: Users, skip: Skip = 0, limit: Limit = 100
 ) -> Sequence[User]:
     """List users with their items, oldest first."""
     return await read(users.get_page, skip=skip, limit=limit)
 
 
-@router.get("/{user_id}", response_model=UserRead)
+@router.get("/{user_id}", response_model=UserRead, responses=responses(401, 404))
 @inject
-async def read_user(user_id: Id, read: Read, users: Users) -> User:
-    """Fetch one user with their items."""
+async def read_user(
+    user_id: Id, caller: Caller, response: Response, read: Read, users: Users
+) -> User:
+    """Fetch one user with their items; the ETag header carries its version."""
     user = await read(users.get, user_id)
     if user is None:
-        raise HTTPException(status_code=404, detail="User not found")
+        raise HTTPException(status_code=404, detail=_NOT_FOUND)
+    response.headers["ETag"] = etag(user.version)
     return user
 
 
-@router.post("/{user_id}/items/", response_model=ItemRead)
+@router.patch("/{user_id}", response_model=UserRead, responses=responses(400, 401, 403, 404, 412))
+@inject
+async def update_user(
+    user_id: Id,
+    changes: UserUpdate,
+    owner: Owner,
+    response: Response,
+    write: Write,
+    users: Users,
+    if_match: IfMatch = None,
+) -> User:
+    """Change the fields sent (e-mail, password, is_active); only the user themself."""
+    hashed = None
+    if changes.password is not MISSING:
+        hashed = await users.hash_password(changes.password)
+    user = await write(users.update, user_id, changes, hashed, if_match=if_match, caller_id=owner)
+    if user is None:
+        raise HTTPException(status_code=404, detail=_NOT_FOUND)
+    response.headers["ETag"] = etag(user.version)
+    return user
+
+
+@router.delete("/{user_id}", responses=responses(401, 403, 404, 412))
+@inject
+async def delete_user(
+    user_id: Id, owner: Owner, write: Write, users: Users, if_match: IfMatch = None
+) -> Deleted:
+    """Delete the user and their items; only the user themself."""
+    if not await write(users.delete, user_id, if_match=if_match, caller_id=owner):
+        raise HTTPException(status_code=404, detail=_NOT_FOUND)
+    return Deleted()
+
+
+@router.post("/{user_id}/items/", response_model=ItemRead, responses=responses(401, 403, 404))
 @inject
 async def create_item_for_user(
-    user_id: Id, item_in: ItemCreate, write: Write, items: Items
+    user_id: Id, item_in: ItemCreate, owner: Owner, write: Write, items: Items
 ) -> Item:
     """Create an item owned by the user; 404 if there is no such user."""
-    item = await write(items.create_for_user, user_id, item_in)
+    item = await write(items.create_for_user, user_id, item_in, caller_id=owner)
     if item is None:
-        raise HTTPException(status_code=404, detail="User not found")
+        raise HTTPException(status_code=404, detail=_NOT_FOUND)
     return item

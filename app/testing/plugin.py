@@ -15,6 +15,8 @@ afterwards; ``scripts/with_postgres.py`` starts a throwaway server and sets it.
   test ends, so ``app.database``, ``@inject``-wired code and HTTP requests all use it;
 - ``schema``: the same, with the tables created;
 - ``client``: a ``TestClient`` of the started app on that database;
+- ``auth_client``: the same for an app created with ``AUTH_ENABLED`` and a random
+  ``SECRET_KEY``; ``bearer(user_id)`` gives the ``Authorization`` header of a valid token;
 - ``db_session`` (opt-in): a ``Session`` inside a transaction that is rolled back after the
   test, whatever the test and the app committed (SQLAlchemy's "Joining a Session into an
   External Transaction" recipe); the container hands the app sessions on the same
@@ -25,6 +27,7 @@ Password hashing runs at a test-sized Argon2id cost for the whole session.
 
 import contextlib
 import os
+import secrets
 import uuid
 from collections.abc import AsyncIterator, Iterator
 
@@ -33,22 +36,26 @@ from dependency_injector import providers
 from fastapi.testclient import TestClient
 from pwdlib import PasswordHash
 from pwdlib.hashers.argon2 import Argon2Hasher
+from pydantic import SecretStr
 from sqlalchemy import ColumnElement, Engine, create_engine, func, make_url, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.orm import Session
 
 from app.config import Settings
 from app.database import Base, SessionLocal, ensure_database_schema
-from app.main import app
+from app.main import app, create_app
+from app.security import Tokens
 from app.sqlite import BEGIN_MODE
 from containers import build_async_engine, build_engine, container
 
 __all__ = [
     "BACKEND",
     "SERVER_URL",
+    "bearer",
     "count_rows",
     "engine_pair",
     "settings_free_environ",
+    "with_auth",
 ]
 
 SERVER_URL = os.environ.get("TEST_DATABASE_URL", "")
@@ -70,6 +77,19 @@ def count_rows(model: type[Base], *where: ColumnElement[bool]) -> int:
     """Rows of ``model`` matching ``where``, counted through the container's current engine."""
     with SessionLocal() as session:
         return session.scalar(select(func.count()).select_from(model).where(*where)) or 0
+
+
+def with_auth(settings: Settings) -> Settings:
+    """``settings`` with ``AUTH_ENABLED`` on and a random ``SECRET_KEY``."""
+    key = SecretStr(secrets.token_urlsafe(32))
+    return settings.model_copy(update={"AUTH_ENABLED": True, "SECRET_KEY": key})
+
+
+def bearer(user_id: int) -> dict[str, str]:
+    """The ``Authorization`` header of a valid access token for ``user_id``, signed with the
+    started app's key."""
+    tokens: Tokens = container.tokens()
+    return {"Authorization": f"Bearer {tokens.issue(user_id)}"}
 
 
 def settings_free_environ(**env: str) -> dict[str, str]:
@@ -159,6 +179,12 @@ def schema(engine: Engine) -> Engine:
 @pytest.fixture
 def client(schema: Engine) -> Iterator[TestClient]:
     with TestClient(app) as test_client:
+        yield test_client
+
+
+@pytest.fixture
+def auth_client(schema: Engine, settings: Settings) -> Iterator[TestClient]:
+    with container.settings.override(with_auth(settings)), TestClient(create_app()) as test_client:
         yield test_client
 
 

@@ -9,9 +9,9 @@ import importlib
 import inspect
 import pkgutil
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from types import ModuleType
-from typing import Annotated, Any, NamedTuple, cast, get_args, get_origin
+from typing import Annotated, Any, Literal, NamedTuple, cast, get_args, get_origin
 
 from dependency_injector import containers
 from dependency_injector.wiring import Provide
@@ -20,8 +20,12 @@ from fastapi.dependencies.models import Dependant
 from fastapi.params import Depends
 from fastapi.routing import APIRoute, RouteContext, iter_route_contexts
 
+from app import deps
+
 __all__ = [
+    "Access",
     "ExampleRequest",
+    "access",
     "api_routes",
     "example_requests",
     "sync_dependencies",
@@ -41,29 +45,67 @@ def api_routes(app: FastAPI) -> Iterator[RouteContext]:
 class ExampleRequest(NamedTuple):
     method: str
     path: str
-    json: Any
+    body: dict[str, Any] | None
     template: str
+    form: bool = False
+    """``body`` is form-encoded (``data=``), not JSON."""
+
+    def send(self, client: Any, **kwargs: Any) -> Any:
+        """Send it with a ``TestClient`` (or an httpx client): ``send(client, headers=...)``."""
+        key = "data" if self.form else "json"
+        return client.request(self.method, self.path, **{key: self.body}, **kwargs)
 
 
-def example_requests(app: FastAPI, path_value: int = 1) -> list[ExampleRequest]:
-    """One valid request per operation, from ``app``'s OpenAPI schema: path parameters set to
-    ``path_value``, the body to the first example of its schema (``json_schema_extra``)."""
+_CONTENT_TYPES = {"application/json": False, "application/x-www-form-urlencoded": True}
+
+
+def example_requests(
+    app: FastAPI, path_values: Mapping[str, int] | int = 1
+) -> list[ExampleRequest]:
+    """One valid request per operation, from ``app``'s OpenAPI schema: each path parameter
+    set from ``path_values`` (by name, or one value for all), the body to the first example
+    of its schema (``json_schema_extra``)."""
     schema = app.openapi()
     components = schema.get("components", {}).get("schemas", {})
     requests = []
     for template, operations in schema["paths"].items():
-        path = re.sub(r"\{[^}]+\}", str(path_value), template)
+        path = re.sub(
+            r"\{([^}]+)\}",
+            lambda m: str(path_values if isinstance(path_values, int) else path_values[m[1]]),
+            template,
+        )
         for method, operation in operations.items():
-            body = operation.get("requestBody", {}).get("content", {}).get("application/json")
-            json = None
-            if body is not None:
-                ref = body["schema"]["$ref"].rpartition("/")[2]
-                examples = components[ref].get("examples")
-                if not examples:
-                    raise LookupError(f"schema {ref} has no example: add json_schema_extra")
-                json = examples[0]
-            requests.append(ExampleRequest(method.upper(), path, json, template))
+            content = operation.get("requestBody", {}).get("content", {})
+            body, form = None, False
+            for content_type, is_form in _CONTENT_TYPES.items():
+                if content_type in content:
+                    ref = content[content_type]["schema"]["$ref"].rpartition("/")[2]
+                    examples = components[ref].get("examples")
+                    if not examples:
+                        raise LookupError(f"schema {ref} has no example: add json_schema_extra")
+                    body, form = dict(examples[0]), is_form
+            requests.append(ExampleRequest(method.upper(), path, body, template, form))
     return requests
+
+
+Access = Literal["public", "authenticated", "owner"]
+
+
+def _dependency(alias: Any) -> Any:
+    """The callable behind an ``Annotated[..., Depends(f)]`` alias."""
+    return get_args(alias)[1].dependency
+
+
+def access(route: RouteContext) -> Access:
+    """Who may call the operation with AUTH_ENABLED on, read off its dependencies:
+    ``owner`` (``Owner``: only the user concerned), ``authenticated`` (``Caller`` or
+    ``CurrentUser``: any valid token), else ``public``."""
+    calls = {dependency.call for dependency in _dependencies(route.dependant)}
+    if _dependency(deps.Owner) in calls:
+        return "owner"
+    if _dependency(deps.Caller) in calls:
+        return "authenticated"
+    return "public"
 
 
 def _label(route: RouteContext) -> str:

@@ -1,0 +1,23 @@
+"""Entity tags from row versions, and ``If-Match`` (RFC 9110, section 13.1.1)."""
+
+from app.exceptions import PreconditionFailedError
+
+__all__ = ["check_if_match", "etag"]
+
+
+def etag(version: int) -> str:
+    """The strong entity tag of a row at ``version``: ``"3"``."""
+    return f'"{version}"'
+
+
+def check_if_match(if_match: str | None, version: int) -> None:
+    """Pass when there is no ``If-Match``, when it is ``*``, or when it lists the current
+    tag; else ``PreconditionFailedError``. Comparison is strong: a weak tag (``W/"3"``)
+    never matches."""
+    if if_match is None:
+        return
+    current = etag(version)
+    tags = [tag.strip() for tag in if_match.split(",")]
+    if "*" in tags or current in tags:
+        return
+    raise PreconditionFailedError(current)
