@@ -1,7 +1,6 @@
 """Who is calling: login with e-mail and password, and the user behind a bearer token."""
 
 from app.exceptions import InactiveUserError, IncorrectLoginError, NotAuthenticatedError
-from app.models import User
 from app.security import Passwords, Tokens
 from app.services import UserService
 from app.transactions import Reader, Writer
@@ -45,13 +44,13 @@ class Authenticator:
             raise InactiveUserError
         return self._tokens.issue(user.id)
 
-    async def caller(self, token: str | None) -> User | None:
-        """The active user the token names; ``None`` when auth is off."""
+    async def caller(self, token: str | None) -> int | None:
+        """The id of the active user the token names; ``None`` when auth is off."""
         if not self.enabled:
             return None
         if token is None:
             raise NotAuthenticatedError("Not authenticated")
-        user = await self._read(self._users.get_active, self._tokens.user_id(token))
-        if user is None:
+        user_id = await self._read(self._users.get_active, self._tokens.user_id(token))
+        if user_id is None:
             raise NotAuthenticatedError("Could not validate credentials")
-        return user
+        return user_id

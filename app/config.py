@@ -49,20 +49,34 @@ class Settings(BaseSettings):
     THREADPOOL_SIZE: PositiveInt = 40
     MAX_CONCURRENT_READS: PositiveInt | None = Field(
         default=None,
-        description="reads running at once per worker process, each in a thread on a sync "
-        "connection; default: 2 on SQLite (its reads are CPU work in this process, so more "
-        "threads only fight over the GIL), else DB_POOL_SIZE + DB_MAX_OVERFLOW",
+        description="reads running at once per worker process; default: 2 on SQLite (its "
+        "reads are CPU work in this process, so more threads only fight over the GIL), 4 on "
+        "a server (enough overlapping round trips to keep the process busy); never more "
+        "than DB_POOL_SIZE + DB_MAX_OVERFLOW or THREADPOOL_SIZE",
     )
     MAX_CONCURRENT_WRITES: PositiveInt | None = Field(
         default=None,
         description="write transactions running at once per worker process; default: 1 on "
         "SQLite (one writer at a time: the others queue in the process, first come first "
-        "served, instead of polling SQLite's lock), else DB_POOL_SIZE + DB_MAX_OVERFLOW",
+        "served, instead of polling SQLite's lock), 4 on a server",
     )
     MAX_CONCURRENT_REQUESTS: PositiveInt = Field(
         default=256, description="per worker process; past it a request gets a 503 at once"
     )
 
+    SQLITE_READ_ON_LOOP_MS: float = Field(
+        default=2.0,
+        ge=0,
+        description="SQLite reads run on the event loop, without a thread hop, while SQLite "
+        "works on them for less than this; a longer read is interrupted and run again in a "
+        "worker thread. 0: every read in a worker thread",
+    )
+    SQLITE_WRITE_BATCH: PositiveInt = Field(
+        default=32,
+        description="SQLite: writes that queue while a transaction runs share the next one "
+        "(group commit: one BEGIN and COMMIT for them all), at most this many; 1: each "
+        "write its own transaction",
+    )
     SQLITE_BUSY_TIMEOUT_MS: PositiveInt = 5000
     SQLITE_SYNCHRONOUS: Literal["OFF", "NORMAL", "FULL", "EXTRA"] = "NORMAL"
 

@@ -7,15 +7,18 @@ module and every module of ``app.routers`` at startup.
 
 from typing import Annotated
 
-from dependency_injector.wiring import Provide, inject
+from dependency_injector.wiring import Provide
 from fastapi import Depends, Header
-from fastapi.security import OAuth2PasswordBearer
+from fastapi.openapi.models import OAuth2 as OAuth2Model
+from fastapi.openapi.models import OAuthFlowPassword, OAuthFlows
+from fastapi.security.base import SecurityBase
+from fastapi.security.utils import get_authorization_scheme_param
+from starlette.requests import HTTPConnection
 
 from app.auth import Authenticator
-from app.models import User
 from app.services import ItemService, UserService
 from app.transactions import Reader, Writer
-from containers import Container
+from containers import Container, container
 
 __all__ = [
     "AsyncProvide",
@@ -49,31 +52,46 @@ Users = Annotated[UserService, Depends(AsyncProvide[Container.user_service])]
 Items = Annotated[ItemService, Depends(AsyncProvide[Container.item_service])]
 Auth = Annotated[Authenticator, Depends(AsyncProvide[Container.authenticator])]
 
-_bearer = OAuth2PasswordBearer(tokenUrl="token", auto_error=False)
+
+class _BearerCaller(SecurityBase):
+    """FastAPI's OAuth2 password-bearer scheme (so OpenAPI and Swagger UI's Authorize button
+    know it) that resolves to the user behind the token, in one dependency.
+
+    ``OAuth2PasswordBearer`` plus an injected ``Authenticator`` would be three dependencies,
+    each costing FastAPI's dependency solving on every request, also with auth off. The
+    container's current ``authenticator`` is looked up at every call, so overrides apply.
+    """
+
+    def __init__(self) -> None:
+        self.model = OAuth2Model(flows=OAuthFlows(password=OAuthFlowPassword(tokenUrl="token")))
+        self.scheme_name = "OAuth2PasswordBearer"
+
+    async def __call__(self, request: HTTPConnection) -> int | None:
+        auth: Authenticator = container.authenticator()
+        if not auth.enabled:
+            return None
+        scheme, token = get_authorization_scheme_param(request.headers.get("Authorization"))
+        return await auth.caller(token if scheme.lower() == "bearer" and token else None)
 
 
-@inject
-async def _caller(token: Annotated[str | None, Depends(_bearer)], auth: Auth) -> User | None:
-    return await auth.caller(token)
+_caller = _BearerCaller()
+_owner = _BearerCaller()  # the same check; a separate dependency marks owner-only routes
 
 
-async def _owner_id(caller: Annotated[User | None, Depends(_caller)]) -> int | None:
-    return caller.id if caller is not None else None
-
-
-async def _current_user(caller: Annotated[User | None, Depends(_caller)]) -> User:
+async def _current_user(caller: Annotated[int | None, Depends(_caller)]) -> int:
     if caller is None:
         raise LookupError("CurrentUser needs AUTH_ENABLED: mount the route in AUTH_ROUTERS")
     return caller
 
 
-Caller = Annotated[User | None, Depends(_caller)]
-"""The user behind the bearer token, 401 without a valid one; ``None`` when auth is off."""
-Owner = Annotated[int | None, Depends(_owner_id)]
-"""As ``Caller``, and marks the operation owner-only: the caller's id, for the service's
-``caller_id`` (which refuses someone else's row with 403); ``None`` when auth is off."""
-CurrentUser = Annotated[User, Depends(_current_user)]
-"""The caller, for routes that exist only with auth on (``AUTH_ROUTERS``)."""
+Caller = Annotated[int | None, Depends(_caller)]
+"""The id of the user behind the bearer token, 401 without a valid one; ``None`` when auth
+is off."""
+Owner = Annotated[int | None, Depends(_owner)]
+"""As ``Caller``, and marks the operation owner-only: pass it to the service as
+``caller_id`` (which refuses someone else's row with 403)."""
+CurrentUser = Annotated[int, Depends(_current_user)]
+"""The caller's id, for routes that exist only with auth on (``AUTH_ROUTERS``)."""
 IfMatch = Annotated[
     str | None,
     Header(

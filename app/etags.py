@@ -1,8 +1,15 @@
 """Entity tags from row versions, and ``If-Match`` (RFC 9110, section 13.1.1)."""
 
-from app.exceptions import PreconditionFailedError
+from typing import TypeVar
 
-__all__ = ["check_if_match", "etag"]
+from starlette.responses import Response
+
+from app.exceptions import PreconditionFailedError
+from app.schemas import Versioned
+
+__all__ = ["check_if_match", "etag", "with_etag"]
+
+T = TypeVar("T")
 
 
 def etag(version: int) -> str:
@@ -21,3 +28,9 @@ def check_if_match(if_match: str | None, version: int) -> None:
     if "*" in tags or current in tags:
         return
     raise PreconditionFailedError(current)
+
+
+def with_etag(response: Response, found: Versioned[T]) -> T:
+    """Send ``found``'s version as the response's ``ETag``; its value, for the body."""
+    response.headers["ETag"] = etag(found.version)
+    return found.value

@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 from sqlalchemy import Engine
 
-from app import deps, migrations, routers
+from app import migrations, routers
 from app.admission import RequestLimit
 from app.config import Settings
 from app.database import ensure_database_schema
@@ -43,7 +43,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     # At every startup, not once at import: a test that unwired the container, or changed
     # its settings or engine, gets an app that serves with what the container holds now.
     if routers not in cast(list[ModuleType], container.wired_to_packages):
-        container.wire(modules=[deps], packages=[routers], warn_unresolved=True)
+        container.wire(packages=[routers], warn_unresolved=True)
     reset_request_path(container)
     s: Settings = container.settings()
     if app.state.auth_enabled != s.AUTH_ENABLED:

@@ -4,7 +4,7 @@ A field of an ``...Update`` schema that the client leaves out is ``MISSING`` and
 is; ``null`` is accepted only where the column is nullable (``description``).
 """
 
-from typing import Annotated, Literal
+from typing import Annotated, Generic, Literal, NamedTuple, TypeVar
 
 from pydantic import MISSING, BaseModel, ConfigDict, EmailStr, Field, StringConstraints
 
@@ -19,7 +19,18 @@ __all__ = [
     "UserCreate",
     "UserRead",
     "UserUpdate",
+    "Versioned",
 ]
+
+T = TypeVar("T")
+
+
+class Versioned(NamedTuple, Generic[T]):
+    """A row as the API shows it, and its version (the ETag)."""
+
+    value: T
+    version: int
+
 
 Title = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
 Description = Annotated[str, Field(max_length=2000)]

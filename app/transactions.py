@@ -9,10 +9,15 @@ read runs in a read-only transaction: work that tries to write fails with
 ``WriteInReadError`` instead of being rolled back in silence.
 """
 
-import functools
+import logging
+import math
+import sqlite3
+import time
 from abc import ABC, abstractmethod
+from collections import deque
 from collections.abc import Callable
-from typing import Any, Concatenate, ParamSpec, TypeVar
+from dataclasses import dataclass
+from typing import Any, Concatenate, ParamSpec, TypeVar, cast
 
 import anyio
 import anyio.to_thread
@@ -24,6 +29,8 @@ from app.exceptions import DatabaseBusyError, WriteInReadError
 from app.sqlite import BEGIN_MODE, QUERY_ONLY
 
 __all__ = ["Gate", "Reader", "Writer"]
+
+log = logging.getLogger("app")
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -39,7 +46,12 @@ _READ_OPTIONS = {
     "postgresql_readonly": True,
 }
 _SQLITE_READONLY = 8
-_PG_READ_ONLY_SQL_TRANSACTION = "25006"
+_SQLITE_INTERRUPT = 9
+_SLOW_INLINE_SECONDS = 0.1
+_PROGRESS_STEPS = 1000
+"""SQLite virtual-machine steps between two looks at an inline read's clock (~10-50 µs)."""
+_PG_READ_ONLY = "25006"
+"""SQLSTATE read_only_sql_transaction."""
 
 
 class Gate:
@@ -76,9 +88,8 @@ class _Unit(ABC):
     """Runs database work in one worker thread, in a transaction of its own, behind a gate.
 
     One thread hop per request, where a sync endpoint on a ``get_db`` dependency takes four
-    (dependency setup, endpoint, response validation, dependency teardown). FastAPI then
-    validates the returned objects on the event loop; they are detached by then, so load
-    what the response needs inside the work (``selectinload``).
+    (dependency setup, endpoint, response validation, dependency teardown). The work returns
+    what the response needs (schemas, not ORM objects, which stay in the transaction).
     """
 
     def __init__(self, gate: Gate, sessions: SessionFactory) -> None:
@@ -90,14 +101,16 @@ class _Unit(ABC):
     ) -> T:
         await self.gate.acquire()
         try:
-            return await anyio.to_thread.run_sync(functools.partial(self._run, fn, *args, **kwargs))
+            return await anyio.to_thread.run_sync(self._run, fn, args, kwargs)
         finally:
             self.gate.release()
 
     @abstractmethod
-    def _run(
-        self, fn: Callable[Concatenate[Session, P], T], /, *args: P.args, **kwargs: P.kwargs
-    ) -> T: ...
+    def _run(self, fn: Callable[..., T], args: Any, kwargs: Any, budget: float = 0) -> T: ...
+
+
+class _OverBudgetError(Exception):
+    """An inline read took too long for the event loop: it was interrupted, nothing lost."""
 
 
 class Reader(_Unit):
@@ -106,39 +119,180 @@ class Reader(_Unit):
     Work that adds, changes or deletes rows raises ``WriteInReadError``: before the flush
     for ORM changes, and from the database itself (``PRAGMA query_only`` on SQLite,
     ``BEGIN READ ONLY`` on PostgreSQL) for statements such as ``session.execute(insert(...))``.
+
+    With ``inline_budget`` (SQLite: its reads are CPU work in this process and never wait
+    for a lock), the work runs on the event loop, saving the thread hop, which costs more
+    than a short query; a read that keeps SQLite busy longer than the budget is interrupted
+    and run again in a worker thread, so the event loop is never held long.
     """
 
-    def _run(
+    def __init__(
+        self, gate: Gate, sessions: SessionFactory, *, inline_budget: float | None = None
+    ) -> None:
+        super().__init__(gate, sessions)
+        self.inline_budget = inline_budget
+        self._slow_warned_at = -math.inf
+
+    async def __call__(
         self, fn: Callable[Concatenate[Session, P], T], /, *args: P.args, **kwargs: P.kwargs
     ) -> T:
+        if self.inline_budget is None:
+            return await super().__call__(fn, *args, **kwargs)
+        await self.gate.acquire()
+        started = time.perf_counter()
+        try:
+            try:
+                return self._run(fn, args, kwargs, self.inline_budget)
+            except _OverBudgetError:
+                return await anyio.to_thread.run_sync(self._run, fn, args, kwargs)
+        finally:
+            self.gate.release()
+            self._warn_if_slow(fn, time.perf_counter() - started)
+
+    def _warn_if_slow(self, fn: Callable[..., object], seconds: float) -> None:
+        """A read's own Python code cannot be interrupted: say so when one held the loop
+        (at most every 10 s)."""
+        now = time.monotonic()
+        if seconds >= _SLOW_INLINE_SECONDS and now - self._slow_warned_at >= 10:
+            self._slow_warned_at = now
+            log.warning(
+                "%s held the event loop for %.0f ms: reads on SQLite run on the event loop, "
+                "so keep their Python work short (or set SQLITE_READ_ON_LOOP_MS=0)",
+                _name(fn),
+                seconds * 1000,
+            )
+
+    def _run(self, fn: Callable[..., T], args: Any, kwargs: Any, budget: float = 0) -> T:
         with self.sessions() as session:
             session.info[_READ_ONLY] = True
+            driver: sqlite3.Connection | None = None
             if not isinstance(session.bind, Connection):
                 # A session bound to a Connection joins the caller's transaction (tests'
                 # SAVEPOINT recipe), whose mode it cannot change: the flush guard remains.
-                session.connection(execution_options=_READ_OPTIONS)
+                connection = session.connection(execution_options=_READ_OPTIONS)
+                if budget:
+                    driver = cast(sqlite3.Connection, connection.connection.driver_connection)
+                    deadline = time.thread_time() + budget
+                    driver.set_progress_handler(
+                        lambda: time.thread_time() > deadline, _PROGRESS_STEPS
+                    )
             try:
                 result = fn(session, *args, **kwargs)
                 session.flush()  # no-op unless the work left changes behind
             except WriteInReadError as error:
                 raise WriteInReadError(f"{_name(fn)}: {error}") from None
             except DBAPIError as error:
-                if not _is_read_only_violation(error):
+                if driver is not None and _code(error) == _SQLITE_INTERRUPT:
+                    raise _OverBudgetError from error
+                if _code(error) != _SQLITE_READONLY and _sqlstate(error) != _PG_READ_ONLY:
                     raise
                 reason = str(error.orig).splitlines()[0]
                 raise WriteInReadError(
                     f"{_name(fn)} wrote in a read-only transaction ({reason}); use Write"
                 ) from error
+            finally:
+                if driver is not None:
+                    driver.set_progress_handler(None, 0)
             return result  # closing the session rolls the read back
+
+
+@dataclass(eq=False)
+class _Job:
+    """One ``write(fn, ...)`` waiting for, or done in, a batch."""
+
+    fn: Callable[..., Any]
+    args: Any
+    kwargs: Any
+    started: bool = False
+    outcome: tuple[bool, Any] | None = None  # (succeeded, value or exception)
 
 
 class Writer(_Unit):
     """``await write(fn, *args)``: ``fn(session, *args)`` in a transaction, committed when
-    ``fn`` returns and rolled back if it raises."""
+    ``fn`` returns and rolled back if it raises.
 
-    def _run(
+    With ``batch_size`` > 1 (SQLite: one writer at a time anyway), writes that queue while a
+    transaction runs go together into the next one, in order: one thread hop, one BEGIN
+    IMMEDIATE and one COMMIT for them all (group commit). Each still answers only once its
+    changes are committed. If any of them raises, the batch is rolled back and each runs
+    again in a transaction of its own, so a failing write takes nobody else down and no
+    write half-commits; so a unit of work may run twice, and must keep its side effects in
+    the database.
+    """
+
+    def __init__(self, gate: Gate, sessions: SessionFactory, *, batch_size: int = 1) -> None:
+        super().__init__(gate, sessions)
+        self.batch_size = batch_size
+        self._queue: deque[_Job] = deque()
+        self._leading = False
+        self._batch_done: anyio.Event | None = None
+
+    async def __call__(
         self, fn: Callable[Concatenate[Session, P], T], /, *args: P.args, **kwargs: P.kwargs
     ) -> T:
+        if self.batch_size == 1:
+            return await super().__call__(fn, *args, **kwargs)
+        job = _Job(fn, args, kwargs)
+        self._queue.append(job)
+        deadline = time.monotonic() + self.gate.timeout
+        try:
+            while job.outcome is None:
+                if not self._leading:
+                    await self._lead()  # this request runs the next batch, for everyone
+                    continue
+                left = deadline - time.monotonic()
+                if left <= 0 and not job.started:
+                    raise DatabaseBusyError(
+                        f"no database connection free within {self.gate.timeout:g}s"
+                    )
+                assert self._batch_done is not None  # made by the leader
+                with anyio.move_on_after(left if not job.started else math.inf):
+                    await self._batch_done.wait()
+        finally:
+            if not job.started:
+                self._queue.remove(job)
+        succeeded, value = job.outcome
+        if not succeeded:
+            raise value
+        result: T = value
+        return result
+
+    async def _lead(self) -> None:
+        self._leading = True
+        done = self._batch_done = anyio.Event()  # what the others wait for
+        try:
+            await self.gate.acquire()
+            try:
+                batch = [
+                    self._queue.popleft() for _ in range(min(self.batch_size, len(self._queue)))
+                ]
+                for job in batch:
+                    job.started = True
+                outcomes = await anyio.to_thread.run_sync(self._run_batch, batch)
+                for job, outcome in zip(batch, outcomes, strict=True):
+                    job.outcome = outcome
+            finally:
+                self.gate.release()
+        finally:
+            self._leading = False
+            done.set()
+
+    def _run_batch(self, batch: list[_Job]) -> list[tuple[bool, Any]]:
+        if len(batch) > 1:
+            try:
+                with self.sessions() as session, session.begin():
+                    return [(True, job.fn(session, *job.args, **job.kwargs)) for job in batch]
+            except Exception:
+                pass
+        return [self._attempt(job) for job in batch]
+
+    def _attempt(self, job: _Job) -> tuple[bool, Any]:
+        try:
+            return True, self._run(job.fn, job.args, job.kwargs)
+        except Exception as error:
+            return False, error
+
+    def _run(self, fn: Callable[..., T], args: Any, kwargs: Any, budget: float = 0) -> T:
         # BEGIN IMMEDIATE on SQLite: the write lock is taken up front, never upgraded later.
         with self.sessions() as session, session.begin():
             return fn(session, *args, **kwargs)
@@ -153,13 +307,13 @@ def _refuse_flush_in_reads(session: Session, context: UOWTransaction, instances:
         )
 
 
-def _is_read_only_violation(error: DBAPIError) -> bool:
-    orig = error.orig
-    return (
-        # Extended codes (SQLITE_READONLY_*) keep the primary code in the low byte.
-        (getattr(orig, "sqlite_errorcode", 0) & 0xFF) == _SQLITE_READONLY
-        or getattr(orig, "sqlstate", None) == _PG_READ_ONLY_SQL_TRANSACTION
-    )
+def _code(error: DBAPIError) -> int:
+    """SQLite's primary result code (extended codes keep it in the low byte), else 0."""
+    return getattr(error.orig, "sqlite_errorcode", 0) & 0xFF
+
+
+def _sqlstate(error: DBAPIError) -> str | None:
+    return getattr(error.orig, "sqlstate", None)
 
 
 def _name(fn: Callable[..., object]) -> str:

@@ -151,11 +151,13 @@ async def test_async_connections_may_cross_threads(sqlite_async_engine: AsyncEng
 
 
 def statements_of(engine: Engine) -> list[str]:
+    """Every statement SQLite runs on ``engine``'s connections, as sqlite3's trace callback
+    sees them (app.sqlite sends BEGIN on the DBAPI cursor, past SQLAlchemy's events)."""
     seen: list[str] = []
 
-    @event.listens_for(engine, "before_cursor_execute")
-    def record(conn: Connection, cursor: Any, statement: str, *args: Any) -> None:
-        seen.append(statement)
+    @event.listens_for(engine, "checkout")
+    def trace(dbapi_connection: Any, record: Any, proxy: Any) -> None:
+        dbapi_connection.set_trace_callback(seen.append)
 
     return seen
 
@@ -175,11 +177,19 @@ def test_deferred_begin_with_the_execution_option(sqlite_engine: Engine) -> None
     assert seen[0] == "BEGIN DEFERRED"
 
 
-async def test_async_transactions_begin_immediate(sqlite_async_engine: AsyncEngine) -> None:
-    seen = statements_of(sqlite_async_engine.sync_engine)
+async def test_async_transactions_begin_immediate(
+    sqlite_async_engine: AsyncEngine, tmp_path: Path
+) -> None:
+    """Behaviour, not statements: while an async session's transaction is open, nobody else
+    can take the write lock."""
+    other = build_engine(sqlite_settings(tmp_path / "sqlite.db", SQLITE_BUSY_TIMEOUT_MS=50))
     async with AsyncSession(sqlite_async_engine) as session:
         await session.execute(text("SELECT 1"))
-    assert seen[0] == "BEGIN IMMEDIATE"
+        with pytest.raises(OperationalError, match="database is locked"), other.begin() as conn:
+            conn.exec_driver_sql("SELECT 1")
+    with other.begin() as conn:  # free again once the async transaction ended
+        conn.exec_driver_sql("SELECT 1")
+    other.dispose()
 
 
 def test_immediate_takes_the_write_lock_and_deferred_does_not(tmp_path: Path) -> None:

@@ -2,7 +2,7 @@
 
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ from app.config import Settings
 from app.exceptions import DatabaseBusyError
 from app.main import app
 from app.models import Item, User
-from app.schemas import ItemCreate, UserCreate
+from app.schemas import ItemCreate, ItemRead, UserCreate, UserRead
 from app.services import ItemService, UserService
 from app.testing import routes
 from app.testing.plugin import count_rows
@@ -91,7 +91,7 @@ def test_an_unreachable_database_is_503_with_retry_after(
 class FailingUserService(UserService):
     """Fails after the user row was flushed: the transaction must not commit it."""
 
-    def create(self, session: Session, user_in: UserCreate, hashed_password: str) -> User:
+    def create(self, session: Session, user_in: UserCreate, hashed_password: str) -> UserRead:
         super().create(session, user_in, hashed_password)
         raise RuntimeError("boom after the flush")
 
@@ -99,7 +99,7 @@ class FailingUserService(UserService):
 class OrphanItemUserService(UserService):
     """Flushes the user, then an item whose owner does not exist: an IntegrityError."""
 
-    def create(self, session: Session, user_in: UserCreate, hashed_password: str) -> User:
+    def create(self, session: Session, user_in: UserCreate, hashed_password: str) -> UserRead:
         user = super().create(session, user_in, hashed_password)
         session.add(Item(title="orphan", owner_id=user.id + 1000))
         session.flush()
@@ -109,7 +109,7 @@ class OrphanItemUserService(UserService):
 class FailingItemService(ItemService):
     def create_for_user(
         self, session: Session, user_id: int, item_in: ItemCreate, *, caller_id: int | None
-    ) -> Item | None:
+    ) -> ItemRead | None:
         super().create_for_user(session, user_id, item_in, caller_id=caller_id)
         raise RuntimeError("boom after the flush")
 
@@ -154,7 +154,9 @@ class RaisingReads(UserService):
         super().__init__(container.passwords())
         self.error = error
 
-    def get_page(self, session: Session, *, skip: int, limit: int) -> Sequence[User]:
+    def get_page(
+        self, session: Session, *, skip: int, limit: int, after_id: int | None = None
+    ) -> list[UserRead]:
         raise self.error
 
 
@@ -189,17 +191,24 @@ class BlockingReads(UserService):
         self.entered = threading.Event()
         self.release = threading.Event()
 
-    def get_page(self, session: Session, *, skip: int, limit: int) -> Sequence[User]:
+    def get_page(
+        self, session: Session, *, skip: int, limit: int, after_id: int | None = None
+    ) -> list[UserRead]:
         self.entered.set()
         self.release.wait(timeout=30)
-        return super().get_page(session, skip=skip, limit=limit)
+        return super().get_page(session, skip=skip, limit=limit, after_id=after_id)
 
 
 class TestBusyGate:
     @pytest.fixture
     def settings(self, database_url: str) -> Settings:
+        # Reads in threads: the blocking read below would hold the event loop otherwise.
         return Settings(
-            DATABASE_URL=database_url, DB_POOL_SIZE=1, DB_MAX_OVERFLOW=0, DB_QUEUE_TIMEOUT=0.3
+            DATABASE_URL=database_url,
+            DB_POOL_SIZE=1,
+            DB_MAX_OVERFLOW=0,
+            DB_QUEUE_TIMEOUT=0.3,
+            SQLITE_READ_ON_LOOP_MS=0,
         )
 
     def test_a_request_that_waits_too_long_for_a_connection_is_503(

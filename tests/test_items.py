@@ -176,3 +176,26 @@ def test_delete_item(client: TestClient) -> None:
     assert client.delete(f"/items/{item['id']}").status_code == 404
     assert client.patch(f"/items/{item['id']}", json={"title": "t"}).status_code == 404
     assert client.get(f"/users/{owner}").json()["items"] == []
+
+
+def test_keyset_pagination_follows_after_id(client: TestClient) -> None:
+    owner = create_user(client)["id"]
+    ids = [create_item(client, owner)["id"] for _ in range(7)]
+    pages, after = [], 0
+    while True:
+        page = client.get("/items/", params={"after_id": after, "limit": 3}).json()
+        if not page:
+            break
+        pages.append([item["id"] for item in page])
+        after = page[-1]["id"]
+    assert pages == [ids[0:3], ids[3:6], ids[6:7]]
+    skipped = client.get("/items/", params={"after_id": ids[1], "skip": 2, "limit": 2}).json()
+    assert [item["id"] for item in skipped] == ids[4:6]
+    assert client.get("/items/", params={"after_id": ids[-1]}).json() == []
+    assert client.get("/items/", params={"after_id": -1}).status_code == 422
+
+
+def test_users_have_keyset_pagination_too(client: TestClient) -> None:
+    ids = [create_user(client)["id"] for _ in range(4)]
+    page = client.get("/users/", params={"after_id": ids[1], "limit": 10}).json()
+    assert [user["id"] for user in page] == ids[2:]

@@ -4,25 +4,27 @@ session; a read cannot write."""
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
 from dependency_injector import providers
 from fastapi.testclient import TestClient
-from sqlalchemy import Engine, delete, func, insert, select, text
+from sqlalchemy import Engine, delete, event, func, insert, select, text
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import QueuePool
 
 from app.config import Settings
-from app.database import SessionLocal
-from app.exceptions import DatabaseBusyError, WriteInReadError
+from app.database import SessionLocal, ensure_database_schema
+from app.exceptions import DatabaseBusyError, EmailAlreadyRegisteredError, WriteInReadError
 from app.models import User
+from app.schemas import UserCreate, UserRead
 from app.services import UserService
 from app.sqlite import is_sqlite
-from app.testing.plugin import count_rows
+from app.testing.plugin import count_rows, engine_pair
 from app.transactions import Gate, Reader, Writer
 from containers import build_async_engine, build_engine, container
 from tests.factories import add_user, new_user
@@ -223,9 +225,11 @@ def test_an_endpoint_whose_read_writes_answers_500_and_logs_the_endpoint(
     client: TestClient, caplog: pytest.LogCaptureFixture
 ) -> None:
     class WritingUsers(UserService):
-        def get_page(self, session: Session, *, skip: int, limit: int) -> Sequence[User]:
+        def get_page(
+            self, session: Session, *, skip: int, limit: int, after_id: int | None = None
+        ) -> list[UserRead]:
             session.add(new_user("ghost@example.com"))
-            return super().get_page(session, skip=skip, limit=limit)
+            return super().get_page(session, skip=skip, limit=limit, after_id=after_id)
 
     with container.user_service.override(
         providers.Factory(WritingUsers, passwords=container.passwords)
@@ -266,11 +270,13 @@ def _at_once() -> tuple[int, int]:
     return reader.gate.capacity, writer.gate.capacity
 
 
-def test_sqlite_runs_two_reads_and_one_write_at_once_other_databases_fill_the_pool(
-    database_url: str,
+@pytest.mark.parametrize(("pool", "overflow"), [(4, 3), (2, 1)])
+def test_sqlite_runs_two_reads_and_one_write_at_once_servers_four_of_each_within_the_pool(
+    database_url: str, pool: int, overflow: int
 ) -> None:
-    with serving(database_url, DB_POOL_SIZE=4, DB_MAX_OVERFLOW=3) as client:
-        expected = (2, 1) if is_sqlite(database_url) else (4 + 3, 4 + 3)
+    with serving(database_url, DB_POOL_SIZE=pool, DB_MAX_OVERFLOW=overflow) as client:
+        on_server = min(4, pool + overflow)
+        expected = (2, 1) if is_sqlite(database_url) else (on_server, on_server)
         assert _at_once() == expected
         assert client.get("/health").status_code == 200
 
@@ -326,3 +332,186 @@ def test_an_in_memory_database_serves_concurrent_reads_and_writes() -> None:
             thread.join(timeout=60)
         assert statuses == [200] * 90
         assert len(client.get(path).json()["items"]) == 3 * 15
+
+
+# SQLite reads on the event loop, within a budget
+
+
+_SLOW_SQL = text(
+    "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 300000) "
+    "SELECT count(*) FROM c"
+)
+
+
+@pytest.fixture
+async def sqlite_schema(tmp_path: Path) -> AsyncIterator[Engine]:
+    """A SQLite database whatever the backend under test: reads run on the event loop only
+    there."""
+    settings = Settings(DATABASE_URL=f"sqlite:///{tmp_path / 'loop.db'}")
+    async with engine_pair(settings) as (engine, async_engine):
+        with container.engine.override(engine), container.async_engine.override(async_engine):
+            ensure_database_schema()
+            yield engine
+
+
+async def test_a_short_read_runs_on_the_event_loop_within_its_budget(
+    sqlite_schema: Engine,
+) -> None:
+    threads: list[int] = []
+
+    def where(session: Session) -> int:
+        threads.append(threading.get_ident())
+        return int(session.scalar(text("SELECT 1")) or 0)
+
+    assert await Reader(Gate(2, 1), container.session, inline_budget=0.5)(where) == 1
+    assert await Reader(Gate(2, 1), container.session, inline_budget=None)(where) == 1
+    assert threads[0] == threading.get_ident()
+    assert threads[1] != threading.get_ident()
+
+
+async def test_a_read_over_its_budget_is_interrupted_and_run_again_in_a_thread(
+    sqlite_schema: Engine,
+) -> None:
+    threads: list[int] = []
+
+    def slow(session: Session) -> int:
+        threads.append(threading.get_ident())
+        return int(session.scalar(_SLOW_SQL) or 0)
+
+    read = Reader(Gate(1, 1), container.session, inline_budget=0.001)
+    assert await read(slow) == 300000
+    assert threads[0] == threading.get_ident()  # started on the loop, then interrupted
+    assert len(threads) == 2
+    assert threads[1] != threading.get_ident()
+    assert _checked_out(sqlite_schema) == 0
+    assert await read(lambda session: session.scalar(text("SELECT 2"))) == 2  # slot freed
+
+
+async def test_a_read_that_holds_the_event_loop_is_reported(
+    sqlite_schema: Engine, caplog: pytest.LogCaptureFixture
+) -> None:
+
+    def dawdle(session: Session) -> None:
+        time.sleep(0.15)  # Python, which no budget interrupts
+
+    read = Reader(Gate(1, 1), container.session, inline_budget=0.01)
+    await read(dawdle)
+    await read(dawdle)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1  # at most one every 10 s
+    assert "dawdle held the event loop" in warnings[0]
+
+
+# Group commit: writes that queue share a transaction
+
+
+def _commits(engine: Engine) -> list[int]:
+    commits: list[int] = []
+    event.listen(engine, "commit", lambda conn: commits.append(1))
+    return commits
+
+
+async def test_queued_writes_share_transactions_and_all_commit(schema: Engine) -> None:
+    commits = _commits(schema)
+    write = Writer(Gate(1, 10), container.session, batch_size=8)
+    results: dict[int, int] = {}
+
+    async def one(n: int) -> None:
+        results[n] = await write(_add_and_return_id_for, f"batch{n}@example.com")
+
+    async with anyio.create_task_group() as tasks:
+        for n in range(40):
+            tasks.start_soon(one, n)
+    assert count_rows(User) == 40
+    assert len(set(results.values())) == 40
+    with SessionLocal() as session:
+        emails = dict(session.execute(select(User.id, User.email)).all())
+    assert all(emails[user_id] == f"batch{n}@example.com" for n, user_id in results.items())
+    assert 40 / 8 <= len(commits) < 40  # batched, never more than 8 to a transaction
+
+
+def _add_and_return_id_for(session: Session, email: str) -> int:
+    user = new_user(email)
+    session.add(user)
+    session.flush()
+    return user.id
+
+
+async def test_a_failing_write_in_a_batch_fails_alone(schema: Engine) -> None:
+    write = Writer(Gate(1, 10), container.session, batch_size=16)
+    outcomes: dict[int, object] = {}
+
+    def add(session: Session, n: int) -> int:
+        user_id = _add_and_return_id_for(session, f"w{n}@example.com")
+        if n == 3:
+            raise LookupError("unit 3 fails after its insert")
+        return user_id
+
+    async def one(n: int) -> None:
+        try:
+            outcomes[n] = await write(add, n)
+        except LookupError as error:
+            outcomes[n] = error
+
+    async with anyio.create_task_group() as tasks:
+        for n in range(10):
+            tasks.start_soon(one, n)
+    assert isinstance(outcomes.pop(3), LookupError)
+    assert all(isinstance(user_id, int) for user_id in outcomes.values())
+    with SessionLocal() as session:
+        emails = set(session.scalars(select(User.email)))
+    assert emails == {f"w{n}@example.com" for n in range(10) if n != 3}
+
+
+async def test_same_email_writes_in_one_batch_have_one_winner(schema: Engine) -> None:
+    write = Writer(Gate(1, 10), container.session, batch_size=16)
+    users = container.user_service()
+    outcomes: list[object] = []
+
+    async def signup() -> None:
+        user_in = UserCreate(email="same@example.com", password="pw")
+        try:
+            outcomes.append(await write(users.create, user_in, "-"))
+        except EmailAlreadyRegisteredError as error:
+            outcomes.append(error)
+
+    async with anyio.create_task_group() as tasks:
+        for _ in range(6):
+            tasks.start_soon(signup)
+    assert sum(isinstance(o, EmailAlreadyRegisteredError) for o in outcomes) == 5
+    assert count_rows(User) == 1
+
+
+async def test_a_write_that_waits_past_the_timeout_is_busy_and_never_runs(schema: Engine) -> None:
+    release = threading.Event()
+    write = Writer(Gate(1, 0.2), container.session, batch_size=8)
+
+    def hold(session: Session) -> None:
+        session.execute(text("SELECT 1"))
+        release.wait(timeout=30)
+
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(write, hold)
+        await anyio.sleep(0.05)  # the holder's batch is running
+        with pytest.raises(DatabaseBusyError, match=r"within 0\.2s"):
+            await write(_add_and_return_id_for, "late@example.com")
+        release.set()
+    assert count_rows(User) == 0
+    assert await write(_add_and_return_id_for, "next@example.com") > 0
+
+
+async def test_a_cancelled_queued_write_never_runs(schema: Engine) -> None:
+    release = threading.Event()
+    write = Writer(Gate(1, 10), container.session, batch_size=8)
+
+    def hold(session: Session) -> None:
+        session.execute(text("SELECT 1"))
+        release.wait(timeout=30)
+
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(write, hold)
+        await anyio.sleep(0.05)
+        with anyio.move_on_after(0.1):
+            await write(_add_and_return_id_for, "cancelled@example.com")
+        release.set()
+    assert count_rows(User) == 0

@@ -8,7 +8,6 @@ from fastapi import APIRouter, Form
 from app.deps import Auth, CurrentUser, Read, Users
 from app.errors import responses
 from app.exceptions import NotAuthenticatedError
-from app.models import User
 from app.schemas import LoginForm, Token, UserRead
 
 router = APIRouter(tags=["auth"], responses=responses(503))
@@ -23,9 +22,9 @@ async def login(form: Annotated[LoginForm, Form()], auth: Auth) -> Token:
 
 @router.get("/users/me", response_model=UserRead, responses=responses(401))
 @inject
-async def read_me(me: CurrentUser, read: Read, users: Users) -> User:
+async def read_me(me: CurrentUser, read: Read, users: Users) -> UserRead:
     """The caller, with their items."""
-    user = await read(users.get, me.id)
-    if user is None:  # deleted since its token was checked
+    found = await read(users.get, me)
+    if found is None:  # deleted since its token was checked
         raise NotAuthenticatedError("Could not validate credentials")
-    return user
+    return found.value

@@ -1,15 +1,12 @@
 """/items: list, fetch, change and delete items."""
 
-from collections.abc import Sequence
-
 from dependency_injector.wiring import inject
 from fastapi import APIRouter, HTTPException, Response
 
 from app.deps import Caller, IfMatch, Items, Owner, Read, Write
 from app.errors import responses
-from app.etags import etag
-from app.models import Item
-from app.routers.paging import Id, Limit, Skip
+from app.etags import with_etag
+from app.routers.paging import AfterId, Id, Limit, Skip
 from app.schemas import Deleted, ItemRead, ItemUpdate
 
 router = APIRouter(prefix="/items", tags=["items"], responses=responses(503))
@@ -20,23 +17,27 @@ _NOT_FOUND = "Item not found"
 @router.get("/", response_model=list[ItemRead], responses=responses(401))
 @inject
 async def read_items(
-    caller: Caller, read: Read, items: Items, skip: Skip = 0, limit: Limit = 100
-) -> Sequence[Item]:
-    """List items, oldest first."""
-    return await read(items.get_page, skip=skip, limit=limit)
+    caller: Caller,
+    read: Read,
+    items: Items,
+    skip: Skip = 0,
+    limit: Limit = 100,
+    after_id: AfterId = None,
+) -> list[ItemRead]:
+    """List items, oldest first; after_id pages in constant time, however deep."""
+    return await read(items.get_page, skip=skip, limit=limit, after_id=after_id)
 
 
 @router.get("/{item_id}", response_model=ItemRead, responses=responses(401, 404))
 @inject
 async def read_item(
     item_id: Id, caller: Caller, response: Response, read: Read, items: Items
-) -> Item:
+) -> ItemRead:
     """Fetch one item; the ETag header carries its version."""
-    item = await read(items.get, item_id)
-    if item is None:
+    found = await read(items.get, item_id)
+    if found is None:
         raise HTTPException(status_code=404, detail=_NOT_FOUND)
-    response.headers["ETag"] = etag(item.version)
-    return item
+    return with_etag(response, found)
 
 
 @router.patch("/{item_id}", response_model=ItemRead, responses=responses(401, 403, 404, 412))
@@ -49,13 +50,12 @@ async def update_item(
     write: Write,
     items: Items,
     if_match: IfMatch = None,
-) -> Item:
+) -> ItemRead:
     """Change the fields sent (title, description: null clears it); only the owner."""
-    item = await write(items.update, item_id, changes, if_match=if_match, caller_id=owner)
-    if item is None:
+    found = await write(items.update, item_id, changes, if_match=if_match, caller_id=owner)
+    if found is None:
         raise HTTPException(status_code=404, detail=_NOT_FOUND)
-    response.headers["ETag"] = etag(item.version)
-    return item
+    return with_etag(response, found)
 
 
 @router.delete("/{item_id}", responses=responses(401, 403, 404, 412))

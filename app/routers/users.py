@@ -1,16 +1,13 @@
 """/users: sign up, list, fetch, change and delete users; create their items."""
 
-from collections.abc import Sequence
-
 from dependency_injector.wiring import inject
 from fastapi import APIRouter, HTTPException, Response
 from pydantic import MISSING
 
 from app.deps import Caller, IfMatch, Items, Owner, Read, Users, Write
 from app.errors import responses
-from app.etags import etag
-from app.models import Item, User
-from app.routers.paging import Id, Limit, Skip
+from app.etags import with_etag
+from app.routers.paging import AfterId, Id, Limit, Skip
 from app.schemas import Deleted, ItemCreate, ItemRead, UserCreate, UserRead, UserUpdate
 
 router = APIRouter(prefix="/users", tags=["users"], responses=responses(503))
@@ -20,7 +17,7 @@ _NOT_FOUND = "User not found"
 
 @router.post("/", response_model=UserRead, responses=responses(400))
 @inject
-async def create_user(user_in: UserCreate, write: Write, users: Users) -> User:
+async def create_user(user_in: UserCreate, write: Write, users: Users) -> UserRead:
     """Register a user; 400 if the e-mail is taken."""
     hashed = await users.hash_password(user_in.password)  # before the write transaction
     return await write(users.create, user_in, hashed)
@@ -29,23 +26,27 @@ async def create_user(user_in: UserCreate, write: Write, users: Users) -> User:
 @router.get("/", response_model=list[UserRead], responses=responses(401))
 @inject
 async def read_users(
-    caller: Caller, read: Read, users: Users, skip: Skip = 0, limit: Limit = 100
-) -> Sequence[User]:
+    caller: Caller,
+    read: Read,
+    users: Users,
+    skip: Skip = 0,
+    limit: Limit = 100,
+    after_id: AfterId = None,
+) -> list[UserRead]:
     """List users with their items, oldest first."""
-    return await read(users.get_page, skip=skip, limit=limit)
+    return await read(users.get_page, skip=skip, limit=limit, after_id=after_id)
 
 
 @router.get("/{user_id}", response_model=UserRead, responses=responses(401, 404))
 @inject
 async def read_user(
     user_id: Id, caller: Caller, response: Response, read: Read, users: Users
-) -> User:
+) -> UserRead:
     """Fetch one user with their items; the ETag header carries its version."""
-    user = await read(users.get, user_id)
-    if user is None:
+    found = await read(users.get, user_id)
+    if found is None:
         raise HTTPException(status_code=404, detail=_NOT_FOUND)
-    response.headers["ETag"] = etag(user.version)
-    return user
+    return with_etag(response, found)
 
 
 @router.patch("/{user_id}", response_model=UserRead, responses=responses(400, 401, 403, 404, 412))
@@ -58,16 +59,15 @@ async def update_user(
     write: Write,
     users: Users,
     if_match: IfMatch = None,
-) -> User:
+) -> UserRead:
     """Change the fields sent (e-mail, password, is_active); only the user themself."""
     hashed = None
     if changes.password is not MISSING:
         hashed = await users.hash_password(changes.password)
-    user = await write(users.update, user_id, changes, hashed, if_match=if_match, caller_id=owner)
-    if user is None:
+    found = await write(users.update, user_id, changes, hashed, if_match=if_match, caller_id=owner)
+    if found is None:
         raise HTTPException(status_code=404, detail=_NOT_FOUND)
-    response.headers["ETag"] = etag(user.version)
-    return user
+    return with_etag(response, found)
 
 
 @router.delete("/{user_id}", responses=responses(401, 403, 404, 412))
@@ -85,7 +85,7 @@ async def delete_user(
 @inject
 async def create_item_for_user(
     user_id: Id, item_in: ItemCreate, owner: Owner, write: Write, items: Items
-) -> Item:
+) -> ItemRead:
     """Create an item owned by the user; 404 if there is no such user."""
     item = await write(items.create_for_user, user_id, item_in, caller_id=owner)
     if item is None:
