@@ -1,6 +1,7 @@
 """app.transactions.Reader / Writer: a unit of work takes one worker thread, a gate slot and a
 session; a read cannot write."""
 
+import contextlib
 import logging
 import threading
 import time
@@ -482,36 +483,37 @@ async def test_same_email_writes_in_one_batch_have_one_winner(schema: Engine) ->
     assert count_rows(User) == 1
 
 
-async def test_a_write_that_waits_past_the_timeout_is_busy_and_never_runs(schema: Engine) -> None:
-    release = threading.Event()
-    write = Writer(Gate(1, 0.2), container.session, batch_size=8)
+@contextlib.asynccontextmanager
+async def busy(write: Writer) -> AsyncIterator[None]:
+    """``write`` running a transaction that lasts until the block ends."""
+    entered, release = threading.Event(), threading.Event()
 
     def hold(session: Session) -> None:
         session.execute(text("SELECT 1"))
+        entered.set()
         release.wait(timeout=30)
 
     async with anyio.create_task_group() as tasks:
         tasks.start_soon(write, hold)
-        await anyio.sleep(0.05)  # the holder's batch is running
+        assert await anyio.to_thread.run_sync(entered.wait, 30)
+        try:
+            yield
+        finally:
+            release.set()
+
+
+async def test_a_write_that_waits_past_the_timeout_is_busy_and_never_runs(schema: Engine) -> None:
+    write = Writer(Gate(1, 0.2), container.session, batch_size=8)
+    async with busy(write):
         with pytest.raises(DatabaseBusyError, match=r"within 0\.2s"):
             await write(_add_and_return_id_for, "late@example.com")
-        release.set()
     assert count_rows(User) == 0
     assert await write(_add_and_return_id_for, "next@example.com") > 0
 
 
 async def test_a_cancelled_queued_write_never_runs(schema: Engine) -> None:
-    release = threading.Event()
     write = Writer(Gate(1, 10), container.session, batch_size=8)
-
-    def hold(session: Session) -> None:
-        session.execute(text("SELECT 1"))
-        release.wait(timeout=30)
-
-    async with anyio.create_task_group() as tasks:
-        tasks.start_soon(write, hold)
-        await anyio.sleep(0.05)
+    async with busy(write):
         with anyio.move_on_after(0.1):
             await write(_add_and_return_id_for, "cancelled@example.com")
-        release.set()
     assert count_rows(User) == 0
