@@ -76,6 +76,12 @@ class Settings(BaseSettings):
     )
     ACCESS_TOKEN_EXPIRE_MINUTES: PositiveInt = 30
 
+    # Hostile input and hostile clients (docs/security.md).
+    MAX_BODY_BYTES: PositiveInt = Field(
+        default=1024 * 1024,
+        description="largest request body; a larger one gets 413 before the rest is read",
+    )
+
     @model_validator(mode="after")
     def _check(self) -> "Settings":
         # Fail at start, naming the setting, rather than at the first query or login.

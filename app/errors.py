@@ -20,7 +20,7 @@ from app.exceptions import (
 )
 from app.schemas import HTTPError
 
-__all__ = ["RETRY_AFTER_SECONDS", "install_error_handlers", "responses"]
+__all__ = ["BODY_ERRORS", "RETRY_AFTER_SECONDS", "install_error_handlers", "responses"]
 
 log = logging.getLogger("app")
 
@@ -35,7 +35,10 @@ RETRY_AFTER_SECONDS = "1"
 _BEARER = {"WWW-Authenticate": "Bearer"}
 
 _RESPONSES: dict[int, dict[str, Any]] = {
-    400: {"description": "The request conflicts with the rules (e-mail taken, inactive user)"},
+    400: {
+        "description": "The body cannot be parsed, or the request conflicts with the rules "
+        "(e-mail taken, inactive user)"
+    },
     401: {
         "description": "No valid bearer token (or, at /token, wrong e-mail or password)",
         "headers": {"WWW-Authenticate": {"schema": {"type": "string"}}},
@@ -47,11 +50,17 @@ _RESPONSES: dict[int, dict[str, Any]] = {
         "description": "If-Match names a version the resource no longer has; nothing changed",
         "headers": {"ETag": {"schema": {"type": "string"}, "description": "the current one"}},
     },
+    413: {"description": "The request body is larger than MAX_BODY_BYTES; it was not read"},
     503: {
         "description": "The database is busy or unavailable; nothing changed, retry",
         "headers": {"Retry-After": {"schema": {"type": "integer"}}},
     },
 }
+
+
+BODY_ERRORS = (400, 413)
+"""What any operation that takes a body may answer besides FastAPI's 422: a body that cannot
+be parsed (400), one larger than MAX_BODY_BYTES (413)."""
 
 
 def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:

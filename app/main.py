@@ -13,6 +13,7 @@ from sqlalchemy import Engine
 
 from app import deps, migrations, routers
 from app.admission import RequestLimit
+from app.body_limit import BodyLimit
 from app.config import Settings
 from app.database import ensure_database_schema
 from app.errors import install_error_handlers
@@ -67,7 +68,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 
 def create_app() -> FastAPI:
-    """The app for the container's current settings: ``AUTH_ENABLED`` decides its routes."""
+    """The app for the container's current settings: ``AUTH_ENABLED`` decides its routes,
+    ``MAX_BODY_BYTES`` its body limit."""
     auth_enabled = container.settings().AUTH_ENABLED
     app = FastAPIOffline(
         title="Users and items",
@@ -77,6 +79,7 @@ def create_app() -> FastAPI:
     app.state.auth_enabled = auth_enabled
     install_error_handlers(app)
     app.add_middleware(RequestLimit)
+    app.add_middleware(BodyLimit, max_bytes=container.settings().MAX_BODY_BYTES)
     for router in (*routers.AUTH_ROUTERS, *routers.ROUTERS) if auth_enabled else routers.ROUTERS:
         app.include_router(router)
     if not auth_enabled:

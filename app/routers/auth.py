@@ -6,7 +6,7 @@ from dependency_injector.wiring import inject
 from fastapi import APIRouter, Form
 
 from app.deps import Auth, CurrentUser, Read, Users
-from app.errors import responses
+from app.errors import BODY_ERRORS, responses
 from app.exceptions import NotAuthenticatedError
 from app.models import User
 from app.schemas import LoginForm, Token, UserRead
@@ -14,7 +14,7 @@ from app.schemas import LoginForm, Token, UserRead
 router = APIRouter(tags=["auth"], responses=responses(503))
 
 
-@router.post("/token", responses=responses(400, 401))
+@router.post("/token", responses=responses(*BODY_ERRORS, 401))
 @inject
 async def login(form: Annotated[LoginForm, Form()], auth: Auth) -> Token:
     """Exchange an e-mail (``username``) and password for a bearer token."""

@@ -6,7 +6,7 @@ from dependency_injector.wiring import inject
 from fastapi import APIRouter, HTTPException, Response
 
 from app.deps import Caller, IfMatch, Items, Owner, Read, Write
-from app.errors import responses
+from app.errors import BODY_ERRORS, responses
 from app.etags import etag
 from app.models import Item
 from app.routers.paging import Id, Limit, Skip
@@ -39,7 +39,11 @@ async def read_item(
     return item
 
 
-@router.patch("/{item_id}", response_model=ItemRead, responses=responses(401, 403, 404, 412))
+@router.patch(
+    "/{item_id}",
+    response_model=ItemRead,
+    responses=responses(*BODY_ERRORS, 401, 403, 404, 412),
+)
 @inject
 async def update_item(
     item_id: Id,
