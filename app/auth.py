@@ -1,5 +1,7 @@
 """Who is calling: login with e-mail and password, and the user behind a bearer token."""
 
+from pydantic import Secret
+
 from app.exceptions import InactiveUserError, IncorrectLoginError, NotAuthenticatedError
 from app.models import User
 from app.security import Passwords, Tokens
@@ -30,7 +32,7 @@ class Authenticator:
         self._read, self._write = read, write
         self._users, self._passwords, self._tokens = users, passwords, tokens
 
-    async def login(self, email: str, password: str) -> str:
+    async def login(self, email: str, password: Secret[str]) -> str:
         """An access token for the user; the same error, in the same time, for an unknown
         e-mail and a wrong password."""
         user = await self._read(self._users.get_by_email, email)

@@ -4,7 +4,9 @@ import logging
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from sqlalchemy import exc
 from sqlalchemy.orm.exc import StaleDataError
 
@@ -18,6 +20,7 @@ from app.exceptions import (
     PreconditionFailedError,
     WriteInReadError,
 )
+from app.redaction import redacted, secret_names
 from app.schemas import HTTPError
 
 __all__ = ["BODY_ERRORS", "RETRY_AFTER_SECONDS", "install_error_handlers", "responses"]
@@ -132,6 +135,14 @@ async def _write_in_read(request: Request, error: Exception) -> JSONResponse:
     return await _internal(request, error)
 
 
+async def _invalid_request(request: Request, error: Exception) -> JSONResponse:
+    # FastAPI's 422, without the value of any secret field and with every input cut short.
+    assert isinstance(error, RequestValidationError)
+    route = request.scope.get("route")
+    secrets = secret_names(route.dependant) if isinstance(route, APIRoute) else frozenset()
+    return JSONResponse({"detail": redacted(error.errors(), secrets)}, status_code=422)
+
+
 async def _internal(request: Request, error: Exception) -> JSONResponse:
     return _detail("Internal Server Error", 500)
 
@@ -146,6 +157,7 @@ def install_error_handlers(app: FastAPI) -> None:
         PreconditionFailedError: _precondition_failed,
         StaleDataError: _precondition_failed,
         WriteInReadError: _write_in_read,
+        RequestValidationError: _invalid_request,
         exc.IntegrityError: _conflict,
         **dict.fromkeys(_UNAVAILABLE, _unavailable),
         Exception: _internal,
