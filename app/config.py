@@ -81,6 +81,16 @@ class Settings(BaseSettings):
         default=1024 * 1024,
         description="largest request body; a larger one gets 413 before the rest is read",
     )
+    LOGIN_MAX_FAILURES: PositiveInt = Field(
+        default=5,
+        description="failed logins for one e-mail before POST /token answers 429 for it",
+    )
+    LOGIN_FAILURE_WINDOW_SECONDS: PositiveInt = Field(
+        default=900, description="from an e-mail's first failed login, how long they count"
+    )
+    LOGIN_MAX_ATTEMPTS_PER_MINUTE: PositiveInt = Field(
+        default=30, description="logins one client address may try per minute"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> "Settings":

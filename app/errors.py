@@ -15,6 +15,7 @@ from app.exceptions import (
     EmailAlreadyRegisteredError,
     InactiveUserError,
     IncorrectLoginError,
+    LoginThrottledError,
     NotAuthenticatedError,
     PermissionDeniedError,
     PreconditionFailedError,
@@ -54,6 +55,10 @@ _RESPONSES: dict[int, dict[str, Any]] = {
         "headers": {"ETag": {"schema": {"type": "string"}, "description": "the current one"}},
     },
     413: {"description": "The request body is larger than MAX_BODY_BYTES; it was not read"},
+    429: {
+        "description": "Too many logins for this e-mail or from this address; retry later",
+        "headers": {"Retry-After": {"schema": {"type": "integer"}, "description": "seconds"}},
+    },
     503: {
         "description": "The database is busy or unavailable; nothing changed, retry",
         "headers": {"Retry-After": {"schema": {"type": "integer"}}},
@@ -85,6 +90,12 @@ async def _not_authenticated(request: Request, error: Exception) -> JSONResponse
 
 async def _incorrect_login(request: Request, error: Exception) -> JSONResponse:
     return _detail("Incorrect username or password", 401, _BEARER)
+
+
+async def _throttled(request: Request, error: Exception) -> JSONResponse:
+    assert isinstance(error, LoginThrottledError)
+    retry_after = {"Retry-After": str(error.retry_after)}
+    return _detail("Too many login attempts, retry later", 429, retry_after)
 
 
 async def _inactive(request: Request, error: Exception) -> JSONResponse:
@@ -152,6 +163,7 @@ def install_error_handlers(app: FastAPI) -> None:
         EmailAlreadyRegisteredError: _email_taken,
         NotAuthenticatedError: _not_authenticated,
         IncorrectLoginError: _incorrect_login,
+        LoginThrottledError: _throttled,
         InactiveUserError: _inactive,
         PermissionDeniedError: _forbidden,
         PreconditionFailedError: _precondition_failed,
