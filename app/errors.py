@@ -6,9 +6,10 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from fastapi.routing import APIRoute
+from fastapi.routing import APIRoute, iter_route_contexts
 from sqlalchemy import exc
 from sqlalchemy.orm.exc import StaleDataError
+from starlette.exceptions import HTTPException
 
 from app.exceptions import (
     DatabaseBusyError,
@@ -154,6 +155,19 @@ async def _invalid_request(request: Request, error: Exception) -> JSONResponse:
     return JSONResponse({"detail": redacted(error.errors(), secrets)}, status_code=422)
 
 
+async def _method_not_allowed(request: Request, error: Exception) -> JSONResponse:
+    # Starlette's Allow names the methods of the first route on the path; RFC 9110 wants
+    # every method the resource supports.
+    path = request.scope["path"].removeprefix(request.scope.get("root_path", ""))
+    allowed: set[str] = set()
+    for route in iter_route_contexts(request.app.routes):
+        regex = getattr(route, "path_regex", None)
+        if route.methods and regex is not None and regex.match(path):
+            allowed |= route.methods
+    detail = error.detail if isinstance(error, HTTPException) else "Method Not Allowed"
+    return _detail(detail, 405, {"Allow": ", ".join(sorted(allowed))})
+
+
 async def _internal(request: Request, error: Exception) -> JSONResponse:
     return _detail("Internal Server Error", 500)
 
@@ -176,3 +190,4 @@ def install_error_handlers(app: FastAPI) -> None:
     }
     for error, handler in handlers.items():
         app.add_exception_handler(error, handler)
+    app.add_exception_handler(405, _method_not_allowed)
