@@ -8,6 +8,7 @@ FastAPI's 422 repeats each invalid input in full, a 5 MB password five megabytes
 
 import functools
 import itertools
+import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Annotated, Any, get_args, get_origin
 
@@ -67,8 +68,11 @@ def _redacted_error(error: Mapping[str, Any], secrets: frozenset[str]) -> dict[s
 
 def _bounded(value: Any, secrets: frozenset[str], depth: int = 0) -> Any:
     """``value`` as JSON, short: long strings cut, big containers trimmed, secrets masked."""
-    if value is None or isinstance(value, bool | float):
+    if value is None or isinstance(value, bool):
         return value
+    if isinstance(value, float):
+        # Python's JSON parser reads NaN and Infinity; JSON answers cannot carry them.
+        return value if math.isfinite(value) else str(value)
     if isinstance(value, str):
         return _short(value)
     if isinstance(value, int):

@@ -118,6 +118,16 @@ def test_other_inputs_are_echoed_cut_short(client: TestClient) -> None:
     assert len(response.content) < SMALL
 
 
+@pytest.mark.parametrize(("literal", "echo"), [("NaN", "nan"), ("-Infinity", "-inf")])
+def test_non_finite_numbers_are_echoed_as_strings(
+    client: TestClient, literal: str, echo: str
+) -> None:
+    body = f'{{"email": {literal}, "password": "pw"}}'.encode()
+    response = client.post("/users/", content=body, headers={"Content-Type": "application/json"})
+    [error] = errors(response)  # not a 500: a JSON answer cannot carry NaN
+    assert (error["loc"], error["input"]) == (["body", "email"], echo)
+
+
 def test_an_answer_without_secrets_or_long_inputs_is_fastapis_own(client: TestClient) -> None:
     response = client.get("/users/", params={"limit": 0})
     assert response.json() == {
