@@ -5,7 +5,6 @@ plain-text 413 that no handler can change; this one answers every 413 with the a
 ``{"detail": ...}``.
 """
 
-from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -75,8 +74,10 @@ class BodyLimit:
 
 
 def _content_length(scope: Scope) -> int | None:
-    value = Headers(scope=scope).get("content-length")
-    try:
-        return int(value) if value is not None else None
-    except ValueError:  # the server refuses such a request before the app sees it
-        return None
+    for name, value in scope["headers"]:  # ASGI servers send names in lower case
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:  # the server refuses such a request before the app sees it
+                return None
+    return None
