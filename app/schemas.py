@@ -22,8 +22,12 @@ __all__ = [
     "UserUpdate",
 ]
 
-Title = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
-Description = Annotated[str, Field(max_length=2000)]
+_NO_NUL = r"^[^\x00]*$"
+"""Text a database can hold: PostgreSQL's cannot hold NUL (and SQLite's would, silently)."""
+Title = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200, pattern=_NO_NUL)
+]
+Description = Annotated[str, Field(max_length=2000, pattern=_NO_NUL)]
 Email = Annotated[EmailStr, Field(max_length=320)]
 _WRITE_ONLY_PASSWORD = Field(json_schema_extra={"format": "password", "writeOnly": True})
 # The bounds apply to the string inside the Secret: their errors read as any string's do.
@@ -92,7 +96,7 @@ class LoginForm(BaseModel):
     )
 
     grant_type: Literal["password"] | None = None
-    username: str
+    username: Annotated[str, Field(pattern=_NO_NUL)]
     password: Annotated[Secret[str], _WRITE_ONLY_PASSWORD]
     scope: str = ""
     client_id: str | None = None

@@ -87,6 +87,12 @@ def test_a_failed_login_is_401_and_does_not_say_why(auth_client: TestClient, who
     assert response.headers["www-authenticate"] == "Bearer"
 
 
+def test_a_username_with_nul_is_a_422_on_every_backend(auth_client: TestClient) -> None:
+    response = auth_client.post("/token", data={"username": "a\x00@example.com", "password": "p"})
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["loc"] == ["body", "username"]
+
+
 def test_an_inactive_user_with_the_right_password_is_400(auth_client: TestClient) -> None:
     email = unique_email()
     user_id = create_user(auth_client, email)["id"]
