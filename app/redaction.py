@@ -90,7 +90,10 @@ def _bounded(value: Any, secrets: frozenset[str], depth: int = 0) -> Any:
 
 
 def _short(text: str, limit: int = MAX_ECHO) -> str:
-    return text if len(text) <= limit else f"{text[:limit]}..."
+    if len(text) > limit:
+        text = f"{text[:limit]}..."
+    # A lone surrogate ("\ud800" in JSON) has no UTF-8: echo it as its escape.
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _is_json(value: Any) -> bool:

@@ -128,6 +128,16 @@ def test_non_finite_numbers_are_echoed_as_strings(
     assert (error["loc"], error["input"]) == (["body", "email"], echo)
 
 
+def test_a_lone_surrogate_is_echoed_as_its_escape(client: TestClient) -> None:
+    json = {"Content-Type": "application/json"}
+    body = b'{"email": "\\ud800", "password": "pw", "\\udfff": [1]}'
+    response = client.post("/users/", content=body, headers=json)
+    [error] = errors(response)  # not a 500: a JSON answer is UTF-8, which has no surrogates
+    assert (error["loc"], error["input"]) == (["body", "email"], "\\ud800")
+    missing = client.post("/users/", content=b'{"\\udfff": 1}', headers=json)
+    assert errors(missing)[0]["input"] == {"\\udfff": 1}
+
+
 def test_an_answer_without_secrets_or_long_inputs_is_fastapis_own(client: TestClient) -> None:
     response = client.get("/users/", params={"limit": 0})
     assert response.json() == {
