@@ -15,6 +15,7 @@ from app.auth import Authenticator
 from app.config import Settings, async_url, settings
 from app.security import Passwords, Tokens
 from app.services import ItemService, UserService
+from app.throttle import LoginThrottle
 from app.transactions import Gate, Reader, Writer
 
 __all__ = [
@@ -195,6 +196,13 @@ class Container(containers.DeclarativeContainer):
 
     user_service = providers.Factory(UserService, passwords=passwords)
     item_service = providers.Factory(ItemService)
+    login_throttle = providers.ThreadSafeSingleton(
+        LoginThrottle,
+        secret=settings.provided.SECRET_KEY,
+        max_failures=settings.provided.LOGIN_MAX_FAILURES,
+        failure_window=settings.provided.LOGIN_FAILURE_WINDOW_SECONDS,
+        max_attempts_per_minute=settings.provided.LOGIN_MAX_ATTEMPTS_PER_MINUTE,
+    )
     authenticator = providers.ThreadSafeSingleton(
         Authenticator,
         reader,
@@ -202,6 +210,7 @@ class Container(containers.DeclarativeContainer):
         user_service,
         passwords,
         tokens,
+        throttle=login_throttle,
         enabled=settings.provided.AUTH_ENABLED,
     )
 
@@ -211,9 +220,18 @@ container = Container()
 
 def reset_request_path(c: Container = container) -> None:
     """Build the singletons that requests use (gates, units of work, password hashing, tokens,
-    the authenticator) afresh at next use, from the current settings, engine and hasher: the
-    app does this at startup, so it never serves with what a previous run built."""
-    for provider in (c.gates, c.reader, c.writer, c.passwords, c.tokens, c.authenticator):
+    the login throttle, the authenticator) afresh at next use, from the current settings,
+    engine and hasher: the app does this at startup, so it never serves with what a previous
+    run built."""
+    for provider in (
+        c.gates,
+        c.reader,
+        c.writer,
+        c.passwords,
+        c.tokens,
+        c.login_throttle,
+        c.authenticator,
+    ):
         provider.reset()
 
 

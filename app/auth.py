@@ -1,15 +1,24 @@
 """Who is calling: login with e-mail and password, and the user behind a bearer token."""
 
-from app.exceptions import InactiveUserError, IncorrectLoginError, NotAuthenticatedError
+from pydantic import Secret
+
+from app.exceptions import (
+    InactiveUserError,
+    IncorrectLoginError,
+    LoginThrottledError,
+    NotAuthenticatedError,
+)
 from app.security import Passwords, Tokens
 from app.services import UserService
+from app.throttle import LoginThrottle
 from app.transactions import Reader, Writer
 
 __all__ = ["Authenticator"]
 
 
 class Authenticator:
-    """OAuth2's password flow and bearer tokens over the users table.
+    """OAuth2's password flow and bearer tokens over the users table; logins go through the
+    throttle.
 
     With ``enabled`` false (``AUTH_ENABLED``) every request is anonymous and allowed, as in
     the tutorial.
@@ -23,15 +32,21 @@ class Authenticator:
         passwords: Passwords,
         tokens: Tokens,
         *,
+        throttle: LoginThrottle,
         enabled: bool,
     ) -> None:
         self.enabled = enabled
         self._read, self._write = read, write
         self._users, self._passwords, self._tokens = users, passwords, tokens
+        self._throttle = throttle
 
-    async def login(self, email: str, password: str) -> str:
+    async def login(self, email: str, password: Secret[str], address: str) -> str:
         """An access token for the user; the same error, in the same time, for an unknown
-        e-mail and a wrong password."""
+        e-mail and a wrong password. Too many attempts for the e-mail or from the client
+        ``address``: ``LoginThrottledError``, before any password is checked."""
+        retry_after = await self._write(self._throttle.admit, email, address)
+        if retry_after is not None:
+            raise LoginThrottledError(retry_after)
         user = await self._read(self._users.get_by_email, email)
         matches, new_hash = await self._passwords.verify(
             password, user.hashed_password if user is not None else None
@@ -42,6 +57,7 @@ class Authenticator:
             await self._write(self._users.set_password_hash, user.id, new_hash)
         if not user.is_active:
             raise InactiveUserError
+        await self._write(self._throttle.succeeded, email)
         return self._tokens.issue(user.id)
 
     async def caller(self, token: str | None) -> int | None:

@@ -1,10 +1,19 @@
 """Settings: field defaults < config.yml < .env < environment variables."""
 
-from typing import Literal
+import re
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, PositiveFloat, PositiveInt, SecretStr, model_validator
+from pydantic import (
+    Field,
+    PositiveFloat,
+    PositiveInt,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     YamlConfigSettingsSource,
@@ -90,6 +99,39 @@ class Settings(BaseSettings):
     )
     ACCESS_TOKEN_EXPIRE_MINUTES: PositiveInt = 30
 
+    # Hostile input and hostile clients (docs/security.md).
+    MAX_BODY_BYTES: PositiveInt = Field(
+        default=1024 * 1024,
+        description="largest request body; a larger one gets 413 before the rest is read",
+    )
+    CORS_ORIGINS: Annotated[list[str], NoDecode] = Field(
+        default=[],
+        description="comma-separated origins (https://app.example.com) whose pages may call "
+        "the API from a browser; empty: no CORS headers at all",
+    )
+    LOGIN_MAX_FAILURES: PositiveInt = Field(
+        default=5,
+        description="failed logins for one e-mail before POST /token answers 429 for it",
+    )
+    LOGIN_FAILURE_WINDOW_SECONDS: PositiveInt = Field(
+        default=900, description="from an e-mail's first failed login, how long they count"
+    )
+    LOGIN_MAX_ATTEMPTS_PER_MINUTE: PositiveInt = Field(
+        default=30, description="logins one client address may try per minute"
+    )
+
+    @field_validator("CORS_ORIGINS", mode="before")
+    @classmethod
+    def _split_origins(cls, value: Any) -> Any:
+        return _origins_in(value) if isinstance(value, str) else value
+
+    @field_validator("CORS_ORIGINS")
+    @classmethod
+    def _check_origins(cls, origins: list[str]) -> list[str]:
+        for origin in origins:
+            _check_origin(origin)
+        return origins
+
     @model_validator(mode="after")
     def _check(self) -> "Settings":
         # Fail at start, naming the setting, rather than at the first query or login.
@@ -130,6 +172,24 @@ def check_secret_key(key: SecretStr | None) -> None:
     lowered = value.lower()
     if any(word in lowered for word in _PLACEHOLDERS) or len(set(value)) < 8:
         raise ValueError(f"SECRET_KEY looks like a placeholder, not a random value: {how}")
+
+
+_ORIGIN = re.compile(r"https?://[^/\s]+")
+
+
+def _origins_in(value: str) -> list[str]:
+    """``"https://a.example, https://b.example"`` -> the two origins; ``""`` -> none."""
+    return [origin.strip() for origin in value.split(",") if origin.strip()]
+
+
+def _check_origin(origin: str) -> None:
+    """An origin is what a browser sends in ``Origin``: scheme, host and port, no path (a
+    trailing slash would never match), or ``*`` for any."""
+    if origin != "*" and not _ORIGIN.fullmatch(origin):
+        raise ValueError(
+            f"{origin!r} is not an origin such as https://app.example.com (scheme, host and "
+            "optional port; no path, no trailing slash), nor *"
+        )
 
 
 _ASYNC_DRIVERS = {

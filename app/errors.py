@@ -4,23 +4,28 @@ import logging
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute, iter_route_contexts
 from sqlalchemy import exc
 from sqlalchemy.orm.exc import StaleDataError
+from starlette.exceptions import HTTPException
 
 from app.exceptions import (
     DatabaseBusyError,
     EmailAlreadyRegisteredError,
     InactiveUserError,
     IncorrectLoginError,
+    LoginThrottledError,
     NotAuthenticatedError,
     PermissionDeniedError,
     PreconditionFailedError,
     WriteInReadError,
 )
+from app.redaction import redacted, secret_names
 from app.schemas import HTTPError
 
-__all__ = ["RETRY_AFTER_SECONDS", "install_error_handlers", "responses"]
+__all__ = ["BODY_ERRORS", "RETRY_AFTER_SECONDS", "install_error_handlers", "responses"]
 
 log = logging.getLogger("app")
 
@@ -35,7 +40,10 @@ RETRY_AFTER_SECONDS = "1"
 _BEARER = {"WWW-Authenticate": "Bearer"}
 
 _RESPONSES: dict[int, dict[str, Any]] = {
-    400: {"description": "The request conflicts with the rules (e-mail taken, inactive user)"},
+    400: {
+        "description": "The body cannot be parsed, or the request conflicts with the rules "
+        "(e-mail taken, inactive user)"
+    },
     401: {
         "description": "No valid bearer token (or, at /token, wrong e-mail or password)",
         "headers": {"WWW-Authenticate": {"schema": {"type": "string"}}},
@@ -47,11 +55,21 @@ _RESPONSES: dict[int, dict[str, Any]] = {
         "description": "If-Match names a version the resource no longer has; nothing changed",
         "headers": {"ETag": {"schema": {"type": "string"}, "description": "the current one"}},
     },
+    413: {"description": "The request body is larger than MAX_BODY_BYTES; it was not read"},
+    429: {
+        "description": "Too many logins for this e-mail or from this address; retry later",
+        "headers": {"Retry-After": {"schema": {"type": "integer"}, "description": "seconds"}},
+    },
     503: {
         "description": "The database is busy or unavailable; nothing changed, retry",
         "headers": {"Retry-After": {"schema": {"type": "integer"}}},
     },
 }
+
+
+BODY_ERRORS = (400, 413)
+"""What any operation that takes a body may answer besides FastAPI's 422: a body that cannot
+be parsed (400), one larger than MAX_BODY_BYTES (413)."""
 
 
 def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
@@ -73,6 +91,12 @@ async def _not_authenticated(request: Request, error: Exception) -> JSONResponse
 
 async def _incorrect_login(request: Request, error: Exception) -> JSONResponse:
     return _detail("Incorrect username or password", 401, _BEARER)
+
+
+async def _throttled(request: Request, error: Exception) -> JSONResponse:
+    assert isinstance(error, LoginThrottledError)
+    retry_after = {"Retry-After": str(error.retry_after)}
+    return _detail("Too many login attempts, retry later", 429, retry_after)
 
 
 async def _inactive(request: Request, error: Exception) -> JSONResponse:
@@ -123,6 +147,27 @@ async def _write_in_read(request: Request, error: Exception) -> JSONResponse:
     return await _internal(request, error)
 
 
+async def _invalid_request(request: Request, error: Exception) -> JSONResponse:
+    # FastAPI's 422, without the value of any secret field and with every input cut short.
+    assert isinstance(error, RequestValidationError)
+    route = request.scope.get("route")
+    secrets = secret_names(route.dependant) if isinstance(route, APIRoute) else frozenset()
+    return JSONResponse({"detail": redacted(error.errors(), secrets)}, status_code=422)
+
+
+async def _method_not_allowed(request: Request, error: Exception) -> JSONResponse:
+    # Starlette's Allow names the methods of the first route on the path; RFC 9110 wants
+    # every method the resource supports.
+    path = request.scope["path"].removeprefix(request.scope.get("root_path", ""))
+    allowed: set[str] = set()
+    for route in iter_route_contexts(request.app.routes):
+        regex = getattr(route, "path_regex", None)
+        if route.methods and regex is not None and regex.match(path):
+            allowed |= route.methods
+    detail = error.detail if isinstance(error, HTTPException) else "Method Not Allowed"
+    return _detail(detail, 405, {"Allow": ", ".join(sorted(allowed))})
+
+
 async def _internal(request: Request, error: Exception) -> JSONResponse:
     return _detail("Internal Server Error", 500)
 
@@ -132,14 +177,17 @@ def install_error_handlers(app: FastAPI) -> None:
         EmailAlreadyRegisteredError: _email_taken,
         NotAuthenticatedError: _not_authenticated,
         IncorrectLoginError: _incorrect_login,
+        LoginThrottledError: _throttled,
         InactiveUserError: _inactive,
         PermissionDeniedError: _forbidden,
         PreconditionFailedError: _precondition_failed,
         StaleDataError: _precondition_failed,
         WriteInReadError: _write_in_read,
+        RequestValidationError: _invalid_request,
         exc.IntegrityError: _conflict,
         **dict.fromkeys(_UNAVAILABLE, _unavailable),
         Exception: _internal,
     }
     for error, handler in handlers.items():
         app.add_exception_handler(error, handler)
+    app.add_exception_handler(405, _method_not_allowed)

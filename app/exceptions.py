@@ -8,6 +8,7 @@ __all__ = [
     "EmailAlreadyRegisteredError",
     "InactiveUserError",
     "IncorrectLoginError",
+    "LoginThrottledError",
     "NotAuthenticatedError",
     "PermissionDeniedError",
     "PreconditionFailedError",
@@ -35,6 +36,15 @@ class NotAuthenticatedError(Exception):
 
 class IncorrectLoginError(Exception):
     """Wrong e-mail or password; deliberately the same error for both."""
+
+
+class LoginThrottledError(Exception):
+    """Too many logins for this e-mail or from this address; ``retry_after`` is how many
+    seconds are left until the window ends."""
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(f"retry after {retry_after} seconds")
+        self.retry_after = retry_after
 
 
 class InactiveUserError(Exception):

@@ -13,7 +13,9 @@ from sqlalchemy import Engine
 
 from app import migrations, routers
 from app.admission import RequestLimit
+from app.body_limit import BodyLimit
 from app.config import Settings
+from app.cors import add_cors
 from app.database import ensure_database_schema
 from app.errors import install_error_handlers
 from app.transactions import Reader, Writer
@@ -67,7 +69,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 
 def create_app() -> FastAPI:
-    """The app for the container's current settings: ``AUTH_ENABLED`` decides its routes."""
+    """The app for the container's current settings: ``AUTH_ENABLED`` decides its routes,
+    ``MAX_BODY_BYTES`` and ``CORS_ORIGINS`` its middleware."""
     auth_enabled = container.settings().AUTH_ENABLED
     app = FastAPIOffline(
         title="Users and items",
@@ -77,6 +80,8 @@ def create_app() -> FastAPI:
     app.state.auth_enabled = auth_enabled
     install_error_handlers(app)
     app.add_middleware(RequestLimit)
+    app.add_middleware(BodyLimit, max_bytes=container.settings().MAX_BODY_BYTES)
+    add_cors(app, container.settings().CORS_ORIGINS)  # outermost: refusals get CORS headers
     for router in (*routers.AUTH_ROUTERS, *routers.ROUTERS) if auth_enabled else routers.ROUTERS:
         app.include_router(router)
     if not auth_enabled:

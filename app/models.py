@@ -1,11 +1,11 @@
-"""ORM models: users and the items they own."""
+"""ORM models: users and the items they own; the login throttle's counters."""
 
 from sqlalchemy import ForeignKey, String
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from app.base import Base
 
-__all__ = ["Item", "User"]
+__all__ = ["Item", "LoginCounter", "User"]
 
 # Ids are never reused (SQLite would hand a deleted row's id to the next insert): a token or
 # an ETag that names a deleted row must not come to name a new one.
@@ -48,3 +48,15 @@ class Item(Base):
     owner: Mapped[User] = relationship(back_populates="items", lazy="raise_on_sql")
 
     __mapper_args__ = {"version_id_col": version}  # noqa: RUF012  (read once, at mapping)
+
+
+class LoginCounter(Base):
+    """Login attempts for one e-mail or one client address in a fixed window (app.throttle),
+    keyed by an HMAC of it: the table never holds the e-mail or the address itself."""
+
+    __tablename__ = "login_counters"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    hits: Mapped[int]
+    expires_at: Mapped[float] = mapped_column(index=True)
+    """When the window ends, in seconds since the epoch."""

@@ -1,12 +1,13 @@
 """Pydantic models of the HTTP API; no output schema carries a password.
 
 A field of an ``...Update`` schema that the client leaves out is ``MISSING`` and stays as it
-is; ``null`` is accepted only where the column is nullable (``description``).
+is; ``null`` is accepted only where the column is nullable (``description``). A password is
+a ``Secret``: its value shows in no ``repr``, log line or error answer (``app.redaction``).
 """
 
 from typing import Annotated, Generic, Literal, NamedTuple, TypeVar
 
-from pydantic import MISSING, BaseModel, ConfigDict, EmailStr, Field, StringConstraints
+from pydantic import MISSING, BaseModel, ConfigDict, EmailStr, Field, Secret, StringConstraints
 
 __all__ = [
     "Deleted",
@@ -32,10 +33,18 @@ class Versioned(NamedTuple, Generic[T]):
     version: int
 
 
-Title = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
-Description = Annotated[str, Field(max_length=2000)]
+_NO_NUL = r"^[^\x00]*$"
+"""Text a database can hold: PostgreSQL's cannot hold NUL (and SQLite's would, silently)."""
+Title = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200, pattern=_NO_NUL)
+]
+Description = Annotated[str, Field(max_length=2000, pattern=_NO_NUL)]
 Email = Annotated[EmailStr, Field(max_length=320)]
-Password = Annotated[str, Field(min_length=1, max_length=1024)]
+_WRITE_ONLY_PASSWORD = Field(json_schema_extra={"format": "password", "writeOnly": True})
+# The bounds apply to the string inside the Secret: their errors read as any string's do.
+Password = Annotated[
+    Secret[Annotated[str, StringConstraints(min_length=1, max_length=1024)]], _WRITE_ONLY_PASSWORD
+]
 
 
 class ItemCreate(BaseModel):
@@ -98,8 +107,8 @@ class LoginForm(BaseModel):
     )
 
     grant_type: Literal["password"] | None = None
-    username: str
-    password: str
+    username: Annotated[str, Field(pattern=_NO_NUL)]
+    password: Annotated[Secret[str], _WRITE_ONLY_PASSWORD]
     scope: str = ""
     client_id: str | None = None
     client_secret: str | None = None

@@ -6,7 +6,7 @@ import anyio.to_thread
 import jwt
 from pwdlib import PasswordHash
 from pwdlib.exceptions import UnknownHashError
-from pydantic import SecretStr
+from pydantic import Secret, SecretStr
 
 from app.exceptions import NotAuthenticatedError
 
@@ -22,14 +22,14 @@ class Passwords:
         self._hasher = hasher
         self._dummy_hash: str | None = None
 
-    async def hash(self, password: str) -> str:
-        return await anyio.to_thread.run_sync(self._hasher.hash, password)
+    async def hash(self, password: Secret[str]) -> str:
+        return await anyio.to_thread.run_sync(self._hasher.hash, password.get_secret_value())
 
-    async def verify(self, password: str, hashed: str | None) -> tuple[bool, str | None]:
+    async def verify(self, password: Secret[str], hashed: str | None) -> tuple[bool, str | None]:
         """``(matches, new_hash)``: ``new_hash`` is set when ``hashed`` used outdated
         parameters and should be replaced. With no ``hashed`` (no such user) a dummy hash is
         checked instead, so that an unknown e-mail costs as much time as a wrong password."""
-        return await anyio.to_thread.run_sync(self._verify, password, hashed)
+        return await anyio.to_thread.run_sync(self._verify, password.get_secret_value(), hashed)
 
     def _verify(self, password: str, hashed: str | None) -> tuple[bool, str | None]:
         if hashed is None:

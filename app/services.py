@@ -9,7 +9,7 @@ one at a time anyway) and compare ``If-Match`` with its version inside that tran
 from collections.abc import Sequence
 from typing import Any, NamedTuple, TypeVar
 
-from pydantic import MISSING
+from pydantic import MISSING, Secret
 from sqlalchemy import bindparam, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -118,7 +118,7 @@ class UserService:
         found: int | None = session.connection().scalar(_ACTIVE, {"user_id": user_id})
         return found
 
-    async def hash_password(self, password: str) -> str:
+    async def hash_password(self, password: Secret[str]) -> str:
         """Argon2id, ~0.1 s of CPU: in a worker thread, never inside a write transaction."""
         return await self._passwords.hash(password)
 

@@ -87,6 +87,12 @@ def test_a_failed_login_is_401_and_does_not_say_why(auth_client: TestClient, who
     assert response.headers["www-authenticate"] == "Bearer"
 
 
+def test_a_username_with_nul_is_a_422_on_every_backend(auth_client: TestClient) -> None:
+    response = auth_client.post("/token", data={"username": "a\x00@example.com", "password": "p"})
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["loc"] == ["body", "username"]
+
+
 def test_an_inactive_user_with_the_right_password_is_400(auth_client: TestClient) -> None:
     email = unique_email()
     user_id = create_user(auth_client, email)["id"]
@@ -113,9 +119,10 @@ def test_an_unknown_e_mail_takes_as_long_as_a_wrong_password(
     schema: Engine, settings: Settings
 ) -> None:
     """With the production hasher (~50-100 ms), interleaved, compared by medians."""
+    unthrottled = with_auth(settings).model_copy(update={"LOGIN_MAX_FAILURES": 100})
     with (
         container.password_hasher.override(PasswordHash.recommended()),
-        container.settings.override(with_auth(settings)),
+        container.settings.override(unthrottled),
         TestClient(create_app()) as client,
     ):
         email = create_user(client)["email"]

@@ -235,3 +235,21 @@ class TestBusyGate:
         assert 0.3 <= waited < 10
         assert statuses == [200]
         assert client.get("/items/").status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "allow"),
+    [
+        ("OPTIONS", "/users/1", "DELETE, GET, PATCH"),
+        ("PUT", "/users/", "GET, POST"),
+        ("POST", "/items/7", "DELETE, GET, PATCH"),
+        ("DELETE", "/health", "GET"),
+    ],
+)
+def test_a_405_lists_every_method_of_the_path(
+    client: TestClient, method: str, path: str, allow: str
+) -> None:
+    response = client.request(method, path)
+    assert response.status_code == 405
+    assert response.json() == {"detail": "Method Not Allowed"}
+    assert response.headers["allow"] == allow

@@ -37,6 +37,18 @@ def test_title_is_stripped_and_bounded(client: TestClient) -> None:
     assert create_item(client, owner, title="x" * 200)["title"] == "x" * 200
 
 
+@pytest.mark.parametrize("body", [{"title": "a\x00b"}, {"title": "Pen", "description": "\x00"}])
+def test_text_with_nul_is_a_422_on_every_backend(client: TestClient, body: dict[str, str]) -> None:
+    """PostgreSQL's text cannot hold NUL (a 500 there before), and SQLite would keep it."""
+    owner = create_user(client)["id"]
+    response = client.post(f"/users/{owner}/items/", json=body)
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["type"] == "string_pattern_mismatch"
+    item = create_item(client, owner)
+    assert client.patch(f"/items/{item['id']}", json=body).status_code == 422
+    assert count_rows(Item) == 1
+
+
 @pytest.mark.parametrize("user_id", [999, 0, -1, 2**31 - 1])
 def test_create_item_for_a_missing_user_is_404(client: TestClient, user_id: int) -> None:
     create_user(client, "alice@example.com")["id"]

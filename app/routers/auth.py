@@ -3,21 +3,23 @@
 from typing import Annotated
 
 from dependency_injector.wiring import inject
-from fastapi import APIRouter, Form
+from fastapi import APIRouter, Form, Request
 
 from app.deps import Auth, CurrentUser, Read, Users
-from app.errors import responses
+from app.errors import BODY_ERRORS, responses
 from app.exceptions import NotAuthenticatedError
 from app.schemas import LoginForm, Token, UserRead
 
 router = APIRouter(tags=["auth"], responses=responses(503))
 
 
-@router.post("/token", responses=responses(400, 401))
+@router.post("/token", responses=responses(*BODY_ERRORS, 401, 429))
 @inject
-async def login(form: Annotated[LoginForm, Form()], auth: Auth) -> Token:
-    """Exchange an e-mail (``username``) and password for a bearer token."""
-    return Token(access_token=await auth.login(form.username, form.password))
+async def login(form: Annotated[LoginForm, Form()], request: Request, auth: Auth) -> Token:
+    """Exchange an e-mail (``username``) and password for a bearer token; 429 after too many
+    failures for the e-mail or attempts from the client's address."""
+    address = request.client.host if request.client else "unknown"
+    return Token(access_token=await auth.login(form.username, form.password, address))
 
 
 @router.get("/users/me", response_model=UserRead, responses=responses(401))

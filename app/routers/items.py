@@ -4,7 +4,7 @@ from dependency_injector.wiring import inject
 from fastapi import APIRouter, HTTPException, Response
 
 from app.deps import Caller, IfMatch, Items, Owner, Read, Write
-from app.errors import responses
+from app.errors import BODY_ERRORS, responses
 from app.etags import with_etag
 from app.routers.paging import AfterId, Id, Limit, Skip
 from app.schemas import Deleted, ItemRead, ItemUpdate
@@ -40,7 +40,11 @@ async def read_item(
     return with_etag(response, found)
 
 
-@router.patch("/{item_id}", response_model=ItemRead, responses=responses(401, 403, 404, 412))
+@router.patch(
+    "/{item_id}",
+    response_model=ItemRead,
+    responses=responses(*BODY_ERRORS, 401, 403, 404, 412),
+)
 @inject
 async def update_item(
     item_id: Id,

@@ -5,7 +5,7 @@ from fastapi import APIRouter, HTTPException, Response
 from pydantic import MISSING
 
 from app.deps import Caller, IfMatch, Items, Owner, Read, Users, Write
-from app.errors import responses
+from app.errors import BODY_ERRORS, responses
 from app.etags import with_etag
 from app.routers.paging import AfterId, Id, Limit, Skip
 from app.schemas import Deleted, ItemCreate, ItemRead, UserCreate, UserRead, UserUpdate
@@ -15,7 +15,7 @@ router = APIRouter(prefix="/users", tags=["users"], responses=responses(503))
 _NOT_FOUND = "User not found"
 
 
-@router.post("/", response_model=UserRead, responses=responses(400))
+@router.post("/", response_model=UserRead, responses=responses(*BODY_ERRORS))
 @inject
 async def create_user(user_in: UserCreate, write: Write, users: Users) -> UserRead:
     """Register a user; 400 if the e-mail is taken."""
@@ -49,7 +49,11 @@ async def read_user(
     return with_etag(response, found)
 
 
-@router.patch("/{user_id}", response_model=UserRead, responses=responses(400, 401, 403, 404, 412))
+@router.patch(
+    "/{user_id}",
+    response_model=UserRead,
+    responses=responses(*BODY_ERRORS, 401, 403, 404, 412),
+)
 @inject
 async def update_user(
     user_id: Id,
@@ -81,7 +85,11 @@ async def delete_user(
     return Deleted()
 
 
-@router.post("/{user_id}/items/", response_model=ItemRead, responses=responses(401, 403, 404))
+@router.post(
+    "/{user_id}/items/",
+    response_model=ItemRead,
+    responses=responses(*BODY_ERRORS, 401, 403, 404),
+)
 @inject
 async def create_item_for_user(
     user_id: Id, item_in: ItemCreate, owner: Owner, write: Write, items: Items
