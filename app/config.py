@@ -1,8 +1,15 @@
 """Settings: field defaults < config.yml < .env < environment variables."""
 
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, PositiveFloat, PositiveInt, model_validator
+from pydantic import (
+    BeforeValidator,
+    Field,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -11,6 +18,14 @@ from pydantic_settings import (
 )
 
 __all__ = ["Settings", "async_url", "settings"]
+
+
+def _lower(value: Any) -> Any:
+    return value.lower() if isinstance(value, str) else value
+
+
+def _none(value: Any) -> Any:
+    return None if isinstance(value, str) and value.strip().lower() in ("none", "null") else value
 
 
 class Settings(BaseSettings):
@@ -60,6 +75,32 @@ class Settings(BaseSettings):
 
     SQLITE_BUSY_TIMEOUT_MS: PositiveInt = 5000
     SQLITE_SYNCHRONOUS: Literal["OFF", "NORMAL", "FULL", "EXTRA"] = "NORMAL"
+
+    # Operations: logs, metrics, shutdown, proxies, PgBouncer (docs/operations.md).
+    LOG_LEVEL: Annotated[
+        Literal["critical", "error", "warning", "info", "debug"], BeforeValidator(_lower)
+    ] = "info"
+    LOG_FORMAT: Annotated[Literal["text", "json"], BeforeValidator(_lower)] = Field(
+        default="text", description="json: one object per line"
+    )
+    ACCESS_LOG: bool = Field(default=True, description="one app.access line per request")
+    METRICS_ENABLED: bool = Field(default=False, description="serve GET /metrics (Prometheus)")
+    TIMEOUT_GRACEFUL_SHUTDOWN: PositiveInt = Field(
+        default=20, description="seconds the requests in flight get to finish after SIGTERM"
+    )
+    PROXY_HEADERS: bool = Field(
+        default=True,
+        description="take the client address from X-Forwarded-For / X-Forwarded-Proto sent "
+        "by a proxy in FORWARDED_ALLOW_IPS",
+    )
+    FORWARDED_ALLOW_IPS: str = Field(
+        default="127.0.0.1", description="comma-separated addresses or networks, or *"
+    )
+    DB_PREPARE_THRESHOLD: Annotated[NonNegativeInt | None, BeforeValidator(_none)] = Field(
+        default=5,
+        description="psycopg's prepare_threshold (its default, 5); none disables server-side "
+        "prepared statements, as PgBouncer's transaction pooling needs before 1.22",
+    )
 
     @model_validator(mode="after")
     def _check_url(self) -> "Settings":
