@@ -6,7 +6,13 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy import exc
 
-from app.exceptions import DatabaseBusyError, EmailAlreadyRegisteredError, WriteInReadError
+from app import context, metrics
+from app.exceptions import (
+    DatabaseBusyError,
+    EmailAlreadyRegisteredError,
+    ShuttingDownError,
+    WriteInReadError,
+)
 
 __all__ = ["install_error_handlers"]
 
@@ -35,6 +41,9 @@ async def _unavailable(request: Request, error: Exception) -> JSONResponse:
     # No stack trace: this is load or an outage, not a bug. The message may name the cause
     # ("database is locked", "connection refused") but never a password: SQLAlchemy hides it.
     log.warning("database unavailable on %s: %s", _endpoint(request), str(error).splitlines()[0])
+    metrics.count_unavailable(
+        "gate_timeout" if isinstance(error, DatabaseBusyError) else "database_unavailable"
+    )
     return JSONResponse(
         {"detail": "Database is busy or unavailable, please retry"},
         status_code=503,
@@ -57,7 +66,19 @@ async def _write_in_read(request: Request, error: Exception) -> JSONResponse:
 
 
 async def _internal(request: Request, error: Exception) -> JSONResponse:
-    return JSONResponse({"detail": "Internal Server Error"}, status_code=500)
+    # Starlette answers unhandled exceptions outside the middleware that adds the header.
+    request_id = context.request_id()
+    headers = {"X-Request-ID": request_id} if request_id else None
+    return JSONResponse({"detail": "Internal Server Error"}, status_code=500, headers=headers)
+
+
+async def _shutting_down(request: Request, error: Exception) -> JSONResponse:
+    metrics.count_unavailable("draining")
+    return JSONResponse(
+        {"detail": "Server is shutting down"},
+        status_code=503,
+        headers={"Retry-After": RETRY_AFTER_SECONDS},
+    )
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -66,4 +87,5 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(exc.IntegrityError, _conflict)
     for error in _UNAVAILABLE:
         app.add_exception_handler(error, _unavailable)
+    app.add_exception_handler(ShuttingDownError, _shutting_down)
     app.add_exception_handler(Exception, _internal)

@@ -6,6 +6,7 @@
 __all__ = [
     "DatabaseBusyError",
     "EmailAlreadyRegisteredError",
+    "ShuttingDownError",
     "UnversionedDatabaseError",
     "WriteInReadError",
 ]
@@ -25,3 +26,7 @@ class EmailAlreadyRegisteredError(Exception):
 
 class UnversionedDatabaseError(RuntimeError):
     """The database has the app's tables but no Alembic revision: create_all made it."""
+
+
+class ShuttingDownError(Exception):
+    """The process is draining after a SIGTERM: readiness fails while requests finish."""

@@ -16,6 +16,8 @@ from app.admission import RequestLimit
 from app.config import Settings
 from app.database import ensure_database_schema
 from app.errors import install_error_handlers
+from app.serving import serving
+from app.telemetry import Telemetry
 from app.transactions import Reader, Writer
 from containers import container, dispose_engines, reset_units
 
@@ -39,7 +41,7 @@ def _log_concurrency(s: Settings, reader: Reader, writer: Writer) -> None:
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     """Wire the routers and size the request path from the container's current state,
-    prepare the schema, and dispose of the engines at shutdown."""
+    prepare the schema, serve (``app.serving``), and dispose of the engines at shutdown."""
     # At every startup, not once at import: a test that unwired the container, or changed
     # its settings or engine, gets an app that serves with what the container holds now.
     if routers not in cast(list[ModuleType], container.wired_to_packages):
@@ -55,10 +57,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await anyio.to_thread.run_sync(migrations.upgrade)
     elif setup == "create_all":
         await anyio.to_thread.run_sync(ensure_database_schema)
-    try:
-        yield
-    finally:
-        await dispose_engines(container)
+    with serving(app, s, container):
+        try:
+            yield
+        finally:
+            await dispose_engines(container)
 
 
 def create_app() -> FastAPI:
@@ -69,6 +72,7 @@ def create_app() -> FastAPI:
     )
     install_error_handlers(app)
     app.add_middleware(RequestLimit)
+    app.add_middleware(Telemetry)  # outermost: it sees and labels the requests shed too
     for router in routers.ROUTERS:
         app.include_router(router)
     return app

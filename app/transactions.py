@@ -10,9 +10,10 @@ read runs in a read-only transaction: work that tries to write fails with
 """
 
 import functools
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from typing import Any, Concatenate, ParamSpec, TypeVar
+from typing import Any, ClassVar, Concatenate, ParamSpec, TypeVar
 
 import anyio
 import anyio.to_thread
@@ -20,6 +21,7 @@ from sqlalchemy import Connection, event
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, UOWTransaction
 
+from app import context
 from app.exceptions import DatabaseBusyError, WriteInReadError
 from app.sqlite import BEGIN_MODE, QUERY_ONLY
 
@@ -81,6 +83,8 @@ class _Unit(ABC):
     what the response needs inside the work (``selectinload``).
     """
 
+    kind: ClassVar[context.GateKind]
+
     def __init__(self, gate: Gate, sessions: SessionFactory) -> None:
         self.gate = gate
         self.sessions = sessions
@@ -88,7 +92,12 @@ class _Unit(ABC):
     async def __call__(
         self, fn: Callable[Concatenate[Session, P], T], /, *args: P.args, **kwargs: P.kwargs
     ) -> T:
-        await self.gate.acquire()
+        arrived = time.perf_counter()
+        try:
+            await self.gate.acquire()
+        finally:
+            # Also when it gave up: the access log shows what a gate-timeout 503 waited.
+            context.add_gate_wait(self.kind, time.perf_counter() - arrived)
         try:
             return await anyio.to_thread.run_sync(functools.partial(self._run, fn, *args, **kwargs))
         finally:
@@ -107,6 +116,8 @@ class Reader(_Unit):
     for ORM changes, and from the database itself (``PRAGMA query_only`` on SQLite,
     ``BEGIN READ ONLY`` on PostgreSQL) for statements such as ``session.execute(insert(...))``.
     """
+
+    kind = "read"
 
     def _run(
         self, fn: Callable[Concatenate[Session, P], T], /, *args: P.args, **kwargs: P.kwargs
@@ -135,6 +146,8 @@ class Reader(_Unit):
 class Writer(_Unit):
     """``await write(fn, *args)``: ``fn(session, *args)`` in a transaction, committed when
     ``fn`` returns and rolled back if it raises."""
+
+    kind = "write"
 
     def _run(
         self, fn: Callable[Concatenate[Session, P], T], /, *args: P.args, **kwargs: P.kwargs

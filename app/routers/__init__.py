@@ -6,8 +6,8 @@ every module of this package.
 
 from fastapi import APIRouter
 
-from app.routers import health, items, users
+from app.routers import health, items, metrics, users
 
 __all__ = ["ROUTERS"]
 
-ROUTERS: tuple[APIRouter, ...] = (users.router, items.router, health.router)
+ROUTERS: tuple[APIRouter, ...] = (users.router, items.router, health.router, metrics.router)
