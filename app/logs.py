@@ -53,8 +53,9 @@ class TextFormatter(logging.Formatter):
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, message, request_id, and the record's
-    ``extra`` fields (the access log's method, route, status, ...)."""
+    """One JSON object per line: time, level, logger, pid (workers share the stream),
+    message, request_id, and the record's ``extra`` fields (the access log's method, route,
+    status, ...)."""
 
     def format(self, record: logging.LogRecord) -> str:
         request_id = getattr(record, "request_id", NO_REQUEST)
@@ -62,6 +63,7 @@ class JsonFormatter(logging.Formatter):
             "time": _utc(record),
             "level": record.levelname.lower(),
             "logger": record.name,
+            "pid": record.process,
             "message": record.getMessage(),
             "request_id": None if request_id == NO_REQUEST else request_id,
         }

@@ -2,6 +2,7 @@
 
 import json
 import logging
+import os
 import secrets
 import subprocess
 import sys
@@ -33,6 +34,7 @@ def test_a_json_line_has_the_fields_and_the_extras() -> None:
     line = JsonFormatter().format(record(request_id="r-1", status=200, route="/users/{user_id}"))
     parsed = json.loads(line)
     assert parsed.pop("time").endswith("Z")
+    assert parsed.pop("pid") == os.getpid()
     assert parsed == {
         "level": "warning",
         "logger": "app.test",

@@ -1,0 +1,129 @@
+"""SIGTERM with 20 writes in flight on ``app serve`` (2 workers, and 1): readiness fails, new
+connections are refused, every write finishes with 200 and is in the database, each worker
+disposes of its engines after its last one, and the process exits 0 within the graceful
+timeout."""
+
+import asyncio
+import json
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import Engine, text
+
+from app.testing.server import LiveServer
+from tests.load import Connection, ProtocolError, Response
+
+pytestmark = pytest.mark.slow
+
+IN_FLIGHT = 20
+GRACE_SECONDS = 30
+REQUEST_TIMEOUT = GRACE_SECONDS + 30.0
+DEADLINE_SECONDS = 60.0
+IDLE_CONNECTIONS = 4
+
+
+@contextmanager
+def writes_blocked(engine: Engine, user_id: int) -> Iterator[None]:
+    """Until the block ends, new items of ``user_id`` wait in the database: behind SQLite's
+    write lock, or on PostgreSQL behind a row lock that the foreign-key check waits for."""
+    with engine.begin() as conn:  # BEGIN IMMEDIATE on SQLite
+        if engine.dialect.name == "postgresql":
+            conn.execute(text("SELECT id FROM users WHERE id = :id FOR UPDATE"), {"id": user_id})
+        yield
+
+
+async def in_progress(url: str) -> float:
+    """Requests in progress over every worker, not counting the scrape itself."""
+    with Connection(url, timeout=10) as connection:
+        response = await connection.request("GET", "/metrics")
+    assert response.status == 200
+    for family in text_string_to_metric_families(response.body.decode()):
+        if family.name == "http_requests_in_progress":
+            return sum(sample.value for sample in family.samples) - 1
+    return 0.0
+
+
+async def wait_in_flight(url: str, count: int) -> None:
+    deadline = time.monotonic() + DEADLINE_SECONDS
+    while await in_progress(url) < count:
+        assert time.monotonic() < deadline, f"{count} requests never were in flight at once"
+        await asyncio.sleep(0.05)
+
+
+async def health_after_sigterm(connection: Connection) -> str:
+    """What ``GET /health`` gets: a status, "closed" (refused, reset or closed), or "timeout"
+    (a connection accepted by nobody)."""
+    try:
+        response = await connection.request("GET", "/health")
+    except TimeoutError:
+        return "timeout"
+    except (OSError, asyncio.IncompleteReadError, ProtocolError):
+        return "closed"
+    return str(response.status)
+
+
+@pytest.mark.parametrize("workers", [2, 1])
+async def test_sigterm_lets_requests_in_flight_finish_and_commit(
+    database_url: str, schema: Engine, workers: int
+) -> None:
+    env = {
+        "DATABASE_URL": database_url,
+        "LOG_FORMAT": "json",
+        "METRICS_ENABLED": "true",
+        "TIMEOUT_GRACEFUL_SHUTDOWN": str(GRACE_SECONDS),
+        # The writes wait for the test's lock, not for these.
+        "DB_QUEUE_TIMEOUT": str(REQUEST_TIMEOUT),
+        "SQLITE_BUSY_TIMEOUT_MS": str(int(REQUEST_TIMEOUT * 1000)),
+    }
+    with LiveServer(env, workers=workers, serve=True) as server:
+        with Connection(server.url, timeout=10) as connection:
+            body = {"email": "drain@example.com", "password": "pw"}
+            user_id = (await connection.request("POST", "/users/", body)).json()["id"]
+        idle = [Connection(server.url, timeout=10) for _ in range(IDLE_CONNECTIONS)]
+        assert [(await c.request("GET", "/health")).status for c in idle] == [200] * len(idle)
+
+        async def write(n: int) -> Response:
+            with Connection(server.url, timeout=REQUEST_TIMEOUT) as connection:
+                return await connection.request(
+                    "POST", f"/users/{user_id}/items/", {"title": f"in flight {n}"}
+                )
+
+        with writes_blocked(schema, user_id):
+            writes = [asyncio.create_task(write(n)) for n in range(IN_FLIGHT)]
+            await wait_in_flight(server.url, IN_FLIGHT)
+            server.terminate()
+            signalled = time.monotonic()
+            await asyncio.sleep(0.3)  # the signal reaches the workers
+            readiness = [await health_after_sigterm(c) for c in idle]
+            refused = await health_after_sigterm(Connection(server.url, timeout=5))
+        async with asyncio.timeout(REQUEST_TIMEOUT):
+            responses = await asyncio.gather(*writes)
+        code = server.wait(DEADLINE_SECONDS)
+        exited_after = time.monotonic() - signalled
+        for c in idle:
+            c.close()
+
+    assert [r.status for r in responses] == [200] * IN_FLIGHT, [r.body for r in responses]
+    assert set(readiness) <= {"503", "closed"}, readiness  # never a 200 after SIGTERM
+    assert refused in {"503", "closed"}
+    assert code == 0
+    assert exited_after < GRACE_SECONDS
+    with schema.connect() as conn:
+        stored = set(conn.execute(text("SELECT id FROM items")).scalars())
+    assert {r.json()["id"] for r in responses} == stored
+
+    lines = [json.loads(line) for line in server.log_text().splitlines()]
+    for pid in {line["pid"] for line in lines if line.get("route") == "/users/{user_id}/items/"}:
+        mine = [line["message"] for line in lines if line["pid"] == pid]
+        last_write = max(i for i, m in enumerate(mine) if m.startswith("POST /users/{user_id}/"))
+        # Each worker disposes of its engines only after its last write.
+        assert mine.index("Waiting for application shutdown.") > last_write
+        assert mine[-2:] == ["Application shutdown complete.", f"Finished server process [{pid}]"]
+    print(
+        f"\n{workers} worker(s), {IN_FLIGHT} writes in flight at SIGTERM: all 200 and stored; readiness on idle "
+        f"keep-alive connections afterwards {readiness}, a new connection {refused}; "
+        f"exit {code} after {exited_after:.1f} s"
+    )
