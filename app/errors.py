@@ -22,6 +22,10 @@ _UNAVAILABLE = (
     DatabaseBusyError,
     exc.OperationalError,
     exc.InterfaceError,
+    # What psycopg raises when PgBouncer loses its server during a COMMIT ("received 2
+    # results from command 'COMMIT'"), and PostgreSQL's own XX000: the database, not the
+    # request, is at fault.
+    exc.InternalError,
     exc.TimeoutError,
     exc.DisconnectionError,
 )

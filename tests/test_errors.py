@@ -14,6 +14,7 @@ from sqlalchemy.exc import (
     DisconnectionError,
     IntegrityError,
     InterfaceError,
+    InternalError,
     OperationalError,
 )
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
@@ -167,6 +168,7 @@ class RaisingReads(UserService):
     [
         (OperationalError("SELECT", {}, Exception("database is locked")), 503),
         (InterfaceError("SELECT", {}, Exception("connection already closed")), 503),
+        (InternalError("COMMIT", {}, Exception("received 2 results from command 'COMMIT'")), 503),
         (PoolTimeoutError("QueuePool limit of size 5 overflow 10 reached"), 503),
         (DisconnectionError("server closed the connection"), 503),
         (DatabaseBusyError("no database connection free within 5s"), 503),
