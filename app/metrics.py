@@ -11,7 +11,7 @@ import os
 import re
 import weakref
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -77,6 +77,13 @@ _CONNECTIONS = Gauge(
     ["engine"],
     multiprocess_mode="livesum",
 )
+
+# Every cause and kind from the start, at 0: a series that appears only with its first
+# event makes rate() and alerts on it blind until then.
+for _cause in get_args(Unavailable):
+    _UNAVAILABLE.labels(_cause)
+for _kind in get_args(GateKind):
+    _GATE_WAIT.labels(_kind)
 
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 _COUNTED = "app.metrics.checked_out"
