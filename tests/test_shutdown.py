@@ -123,7 +123,7 @@ async def test_sigterm_lets_requests_in_flight_finish_and_commit(
         assert mine.index("Waiting for application shutdown.") > last_write
         assert mine[-2:] == ["Application shutdown complete.", f"Finished server process [{pid}]"]
     print(
-        f"\n{workers} worker(s), {IN_FLIGHT} writes in flight at SIGTERM: all 200 and stored; readiness on idle "
-        f"keep-alive connections afterwards {readiness}, a new connection {refused}; "
-        f"exit {code} after {exited_after:.1f} s"
+        f"\n{workers} worker(s), {IN_FLIGHT} writes in flight at SIGTERM: all 200 and stored; "
+        f"readiness on idle keep-alive connections afterwards {readiness}, a new connection "
+        f"{refused}; exit {code} after {exited_after:.1f} s"
     )
