@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     has_wrk = shutil.which("wrk") is not None
     started = time.monotonic()
     print(f"## Benchmarks{' (quick smoke run)' if quick else ''}\n\n{machine()}\n", flush=True)
-    if not postgres_url:
+    if not postgres_url and not args.operations_only:
         print(f"{POSTGRES_MISSING}\n", flush=True)
     tables: list[Table] = []
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
