@@ -56,6 +56,7 @@ def test_a_draining_process_is_not_ready_but_alive_and_serving(client: TestClien
     assert health.status_code == 503
     assert health.json() == {"detail": "Server is shutting down"}
     assert health.headers["retry-after"] == "1"
+    assert health.headers["x-request-id"]
     assert (live.status_code, users.status_code) == (200, 200)
     assert client.get("/health").status_code == 200
 

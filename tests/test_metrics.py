@@ -172,6 +172,7 @@ class TestRequestLimit:
         after = scrape(client)
         assert [r.status_code for r in shed] == [503] * 3
         assert all(r.headers["retry-after"] == "1" for r in shed)
+        assert len({r.headers["x-request-id"] for r in shed}) == 3  # shed, but with an id
         assert live.status_code == 200
         assert cause(before, after, "request_limit") == 3
         shed_label = {"method": "GET", "route": "<unmatched>", "status": "503"}
