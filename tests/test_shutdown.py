@@ -6,6 +6,7 @@ timeout."""
 import asyncio
 import json
 import time
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -53,7 +54,7 @@ async def wait_in_flight(url: str, count: int) -> None:
         await asyncio.sleep(0.05)
 
 
-async def health_after_sigterm(connection: Connection) -> str:
+async def health(connection: Connection) -> str:
     """What ``GET /health`` gets: a status, "closed" (refused, reset or closed), or "timeout"
     (a connection accepted by nobody)."""
     try:
@@ -63,6 +64,23 @@ async def health_after_sigterm(connection: Connection) -> str:
     except (OSError, asyncio.IncompleteReadError, ProtocolError):
         return "closed"
     return str(response.status)
+
+
+async def readiness_until_closed(connection: Connection) -> list[str]:
+    """``GET /health`` on one keep-alive connection, again and again, until it is closed."""
+    seen: list[str] = []
+    deadline = time.monotonic() + DEADLINE_SECONDS
+    while not seen or seen[-1] not in ("closed", "timeout"):
+        assert time.monotonic() < deadline, f"still open after SIGTERM: {seen[-5:]}"
+        seen.append(await health(connection))
+        await asyncio.sleep(0.01)
+    return seen
+
+
+def ready_again(seen: list[str]) -> bool:
+    """Whether a 200 came after the connection's first other answer."""
+    first = next(i for i, outcome in enumerate(seen) if outcome != "200")
+    return "200" in seen[first:]
 
 
 @pytest.mark.parametrize("workers", [2, 1])
@@ -94,11 +112,12 @@ async def test_sigterm_lets_requests_in_flight_finish_and_commit(
         with writes_blocked(schema, user_id):
             writes = [asyncio.create_task(write(n)) for n in range(IN_FLIGHT)]
             await wait_in_flight(server.url, IN_FLIGHT)
+            # Idle keep-alive connections at SIGTERM (just used, so the client keeps them).
+            assert [await health(c) for c in idle] == ["200"] * len(idle)
             server.terminate()
             signalled = time.monotonic()
-            await asyncio.sleep(0.3)  # the signal reaches the workers
-            readiness = [await health_after_sigterm(c) for c in idle]
-            refused = await health_after_sigterm(Connection(server.url, timeout=5))
+            readiness = await asyncio.gather(*(readiness_until_closed(c) for c in idle))
+            refused = await health(Connection(server.url, timeout=5))
         async with asyncio.timeout(REQUEST_TIMEOUT):
             responses = await asyncio.gather(*writes)
         code = server.wait(DEADLINE_SECONDS)
@@ -107,8 +126,10 @@ async def test_sigterm_lets_requests_in_flight_finish_and_commit(
             c.close()
 
     assert [r.status for r in responses] == [200] * IN_FLIGHT, [r.body for r in responses]
-    assert set(readiness) <= {"503", "closed"}, readiness  # never a 200 after SIGTERM
-    assert refused in {"503", "closed"}
+    # Each connection: 200s until its worker got the signal, maybe 503s, then closed; never
+    # ready again. New connections are refused, not left waiting.
+    assert not [seen for seen in readiness if ready_again(seen) or seen[-1] != "closed"]
+    assert refused == "closed"
     assert code == 0
     assert exited_after < GRACE_SECONDS
     with schema.connect() as conn:
@@ -122,8 +143,9 @@ async def test_sigterm_lets_requests_in_flight_finish_and_commit(
         # Each worker disposes of its engines only after its last write.
         assert mine.index("Waiting for application shutdown.") > last_write
         assert mine[-2:] == ["Application shutdown complete.", f"Finished server process [{pid}]"]
+    answers = Counter(outcome for seen in readiness for outcome in seen)
     print(
         f"\n{workers} worker(s), {IN_FLIGHT} writes in flight at SIGTERM: all 200 and stored; "
-        f"readiness on idle keep-alive connections afterwards {readiness}, a new connection "
-        f"{refused}; exit {code} after {exited_after:.1f} s"
+        f"GET /health on {len(idle)} keep-alive connections after it: {dict(answers)}, then "
+        f"closed; a new connection {refused}; exit {code} after {exited_after:.1f} s"
     )
