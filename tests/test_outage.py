@@ -38,8 +38,11 @@ QUEUE_TIMEOUT = 2
 ANSWERED_WITHIN = QUEUE_TIMEOUT + 3.0
 """Every answer, 503s included; the margin is for a busy machine."""
 CLIENT_TIMEOUT = 30.0
-BEFORE, DOWN, AFTER = 2.0, 4.0, 3.0
+BEFORE, DOWN, AFTER = 2.0, 4.0, 4.0
 RECOVERY_BOUND = 15.0
+SETTLE = 2.0
+"""After the first write acknowledged after the restart, this long for the last stale
+connections (PgBouncer's to the server) to be replaced; then only 200s."""
 PAUSE_AFTER_503 = 0.2
 
 
@@ -159,7 +162,9 @@ async def test_a_server_restart_under_load(
     assert all(o.status == 503 for o in down if o.started > stopped + ANSWERED_WITHIN)
     assert slowest < ANSWERED_WITHIN
     assert first_write - restarted < RECOVERY_BOUND
-    assert all(o.started < first_write + 1.0 for o in late_503s)  # then writes stay up
+    settled = [o for o in load.outcomes if o.started > first_write + SETTLE]
+    assert settled
+    assert all(o.status == 200 for o in settled)  # writes stay up
 
     with psycopg.connect(server.url("app"), autocommit=True) as conn:
         stored: dict[int, str] = dict(conn.execute("SELECT id, title FROM items").fetchall())
