@@ -3,7 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test test-sqlite test-postgres coverage lint format bench clean
+.PHONY: run test test-sqlite test-postgres test-pgbouncer coverage lint format bench clean
 
 $(BIN)/app: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -14,9 +14,9 @@ $(BIN)/app: pyproject.toml
 run: $(BIN)/app  ## serve the API on http://127.0.0.1:8000 (SQLite by default)
 	$(BIN)/app serve
 
-test:  ## the whole suite on SQLite, then on a real PostgreSQL; branch coverage of both
+test:  ## the suite on SQLite, on a real PostgreSQL, in part through PgBouncer; branch coverage
 	rm -f .coverage .coverage.*
-	$(MAKE) test-sqlite test-postgres
+	$(MAKE) test-sqlite test-postgres test-pgbouncer
 	$(MAKE) coverage
 
 test-sqlite: $(BIN)/app
@@ -24,6 +24,15 @@ test-sqlite: $(BIN)/app
 
 test-postgres: $(BIN)/app
 	$(BIN)/python scripts/with_postgres.py $(BIN)/coverage run -m pytest
+
+# The HTTP contract, concurrency and stress, migrations and outages, through PgBouncer in
+# transaction mode (the plugin sets DB_PREPARE_THRESHOLD=none).
+PGBOUNCER_TESTS := tests/test_users.py tests/test_items.py tests/test_health.py \
+	tests/test_errors.py tests/test_transactions.py tests/test_stress.py tests/test_overload.py \
+	tests/test_migrations.py tests/test_outage.py tests/test_pgbouncer.py
+
+test-pgbouncer: $(BIN)/app
+	$(BIN)/python scripts/with_postgres.py --pgbouncer $(BIN)/coverage run -m pytest $(PGBOUNCER_TESTS)
 
 coverage: $(BIN)/app  ## combine the runs' data; fails below fail_under in pyproject.toml
 	$(BIN)/coverage combine --quiet

@@ -36,6 +36,7 @@ __all__ = [
 
 
 _LIBPQ_DRIVERS = ("psycopg", "psycopg_async", "psycopg2")
+_PSYCOPG_DRIVERS = ("psycopg", "psycopg_async")
 
 
 def _sync_url(s: Settings) -> str:
@@ -52,10 +53,15 @@ def _server_options(url: str, s: Settings) -> dict[str, Any]:
         "pool_recycle": s.DB_POOL_RECYCLE,
     }
     u = make_url(url)
+    connect_args: dict[str, Any] = {}
     if u.get_driver_name() in _LIBPQ_DRIVERS and "connect_timeout" not in u.query:
         # libpq waits for a server that does not answer as long as the OS lets it (minutes
         # or forever): give up after about DB_QUEUE_TIMEOUT so the request gets its 503.
-        options["connect_args"] = {"connect_timeout": math.ceil(s.DB_QUEUE_TIMEOUT)}
+        connect_args["connect_timeout"] = math.ceil(s.DB_QUEUE_TIMEOUT)
+    if u.get_driver_name() in _PSYCOPG_DRIVERS:
+        connect_args["prepare_threshold"] = s.DB_PREPARE_THRESHOLD
+    if connect_args:
+        options["connect_args"] = connect_args
     return options
 
 
@@ -93,14 +99,14 @@ def _install_sqlite_hooks(engine: Engine, s: Settings) -> None:
 
 def build_engine(s: Settings) -> Engine:
     url, options = _engine_options(_sync_url(s), s, is_async=False)
-    engine = create_engine(url, echo=s.ECHO_SQL, **options)
+    engine = create_engine(url, echo=s.ECHO_SQL, hide_parameters=True, **options)
     _install_sqlite_hooks(engine, s)
     return engine
 
 
 def build_async_engine(s: Settings) -> AsyncEngine:
     url, options = _engine_options(async_url(s), s, is_async=True)
-    engine = create_async_engine(url, echo=s.ECHO_SQL, **options)
+    engine = create_async_engine(url, echo=s.ECHO_SQL, hide_parameters=True, **options)
     _install_sqlite_hooks(engine.sync_engine, s)
     return engine
 

@@ -4,6 +4,8 @@ Without a limit a burst far past capacity queues every request: each waits its f
 DB_QUEUE_TIMEOUT before its 503, the worker spends its CPU on requests that are already
 lost, and good throughput collapses. Turning the excess away before any routing, parsing
 or database work costs almost nothing, and the admitted requests are served at full speed.
+The liveness probe and the metrics are never shed: a busy process is alive, and its metrics
+are most wanted when it is busy.
 """
 
 import logging
@@ -11,9 +13,10 @@ import time
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from app import metrics
 from app.errors import RETRY_AFTER_SECONDS
 
-__all__ = ["RequestLimit"]
+__all__ = ["UNLIMITED_PATHS", "RequestLimit"]
 
 log = logging.getLogger("app")
 
@@ -24,6 +27,7 @@ _HEADERS = [
     (b"retry-after", RETRY_AFTER_SECONDS.encode()),
 ]
 _LOG_EVERY_SECONDS = 10.0
+UNLIMITED_PATHS = frozenset({"/health/live", "/metrics"})
 
 
 class RequestLimit:
@@ -39,7 +43,7 @@ class RequestLimit:
         self._logged_at = 0.0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or scope["path"] in UNLIMITED_PATHS:
             await self.app(scope, receive, send)
             return
         limit: int | None = getattr(scope["app"].state, "max_concurrent_requests", None)
@@ -54,6 +58,7 @@ class RequestLimit:
 
     async def _reject(self, limit: int, send: Send) -> None:
         self._shed += 1
+        metrics.count_unavailable("request_limit")
         now = time.monotonic()
         if now - self._logged_at >= _LOG_EVERY_SECONDS:
             log.warning(

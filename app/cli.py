@@ -2,24 +2,82 @@
 
 import argparse
 import logging
+import os
+import signal
 import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from types import FrameType
+from typing import TypeVar
 
 __all__ = ["main"]
+
+T = TypeVar("T")
+
+
+_METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
+"""Read by prometheus-client when it is first imported: set before the app is."""
 
 
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    uvicorn.run(
-        "app.main:app",
-        host=args.host,
-        port=args.port,
-        workers=args.workers,
-        log_level=args.log_level,
-    )
+    from app.config import settings as s
+    from app.logs import logging_config
+
+    log_level = args.log_level or s.LOG_LEVEL
+    access_log = _or(args.access_log, s.ACCESS_LOG)
+    options = {
+        "host": args.host,
+        "port": args.port,
+        "workers": args.workers,
+        "log_level": log_level,
+        "log_config": logging_config(
+            level=log_level, log_format=s.LOG_FORMAT, access_log=access_log
+        ),
+        "access_log": False,  # app.access replaces it
+        "timeout_graceful_shutdown": _or(
+            args.timeout_graceful_shutdown, s.TIMEOUT_GRACEFUL_SHUTDOWN
+        ),
+        "proxy_headers": _or(args.proxy_headers, s.PROXY_HEADERS),
+        "forwarded_allow_ips": _or(args.forwarded_allow_ips, s.FORWARDED_ALLOW_IPS),
+    }
+    # After a graceful shutdown uvicorn raises the signal again, to the handler that was
+    # there before it: exit 0 instead of dying of SIGTERM.
+    signal.signal(signal.SIGTERM, _exit_cleanly)
+    with _metrics_directory(s.METRICS_ENABLED):
+        if args.workers > 1:
+            from app.supervisor import Supervisor
+
+            config = uvicorn.Config("app.main:app", **options)
+            Supervisor(config, sockets=[config.bind_socket()]).run()
+        else:
+            uvicorn.run("app.main:app", **options)
     return 0
+
+
+def _or(flag: T | None, setting: T) -> T:
+    return setting if flag is None else flag
+
+
+def _exit_cleanly(sig: int, frame: FrameType | None) -> None:
+    raise SystemExit(0)
+
+
+@contextmanager
+def _metrics_directory(enabled: bool) -> Iterator[None]:
+    """A fresh directory for prometheus-client's multiprocess mode, which every worker
+    writes its figures to; removed when the server exits."""
+    if not enabled:
+        yield
+        return
+    with tempfile.TemporaryDirectory(prefix="app-metrics-") as directory:
+        os.environ[_METRICS_DIR_ENV] = directory
+        try:
+            yield
+        finally:
+            del os.environ[_METRICS_DIR_ENV]
 
 
 def _init_db(args: argparse.Namespace) -> int:
@@ -136,11 +194,42 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="app", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
-    serve = commands.add_parser("serve", help="run the HTTP service with uvicorn")
+    serve = commands.add_parser(
+        "serve",
+        help="run the HTTP service with uvicorn",
+        description="Serve app.main:app with uvicorn; each option defaults to its setting.",
+    )
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--workers", type=int, default=1)
-    serve.add_argument("--log-level", default="info")
+    serve.add_argument(
+        "--log-level",
+        choices=("critical", "error", "warning", "info", "debug", "trace"),
+        help="default: LOG_LEVEL (info)",
+    )
+    serve.add_argument(
+        "--access-log",
+        action=argparse.BooleanOptionalAction,
+        help="one line per request (default: ACCESS_LOG, on)",
+    )
+    serve.add_argument(
+        "--timeout-graceful-shutdown",
+        type=int,
+        metavar="SECONDS",
+        help="after SIGTERM, how long requests in flight may take to finish "
+        "(default: TIMEOUT_GRACEFUL_SHUTDOWN, 20)",
+    )
+    serve.add_argument(
+        "--proxy-headers",
+        action=argparse.BooleanOptionalAction,
+        help="trust X-Forwarded-For/-Proto from --forwarded-allow-ips (default: PROXY_HEADERS, on)",
+    )
+    serve.add_argument(
+        "--forwarded-allow-ips",
+        metavar="IPS",
+        help="proxies whose X-Forwarded-* headers are trusted, comma-separated, or * "
+        "(default: FORWARDED_ALLOW_IPS, 127.0.0.1)",
+    )
     serve.set_defaults(handler=_serve)
 
     init_db = commands.add_parser(

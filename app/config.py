@@ -4,7 +4,9 @@ import re
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    BeforeValidator,
     Field,
+    NonNegativeInt,
     PositiveFloat,
     PositiveInt,
     SecretStr,
@@ -23,6 +25,14 @@ __all__ = ["Settings", "async_url", "check_secret_key", "settings"]
 
 SECRET_KEY_MIN_LENGTH = 32
 _PLACEHOLDERS = ("changethis", "changeme", "secret", "password", "example", "your", "insecure")
+
+
+def _lower(value: Any) -> Any:
+    return value.lower() if isinstance(value, str) else value
+
+
+def _none(value: Any) -> Any:
+    return None if isinstance(value, str) and value.strip().lower() in ("none", "null") else value
 
 
 class Settings(BaseSettings):
@@ -131,6 +141,32 @@ class Settings(BaseSettings):
         for origin in origins:
             _check_origin(origin)
         return origins
+
+    # Operations: logs, metrics, shutdown, proxies, PgBouncer (docs/operations.md).
+    LOG_LEVEL: Annotated[
+        Literal["critical", "error", "warning", "info", "debug"], BeforeValidator(_lower)
+    ] = "info"
+    LOG_FORMAT: Annotated[Literal["text", "json"], BeforeValidator(_lower)] = Field(
+        default="text", description="json: one object per line"
+    )
+    ACCESS_LOG: bool = Field(default=True, description="one app.access line per request")
+    METRICS_ENABLED: bool = Field(default=False, description="serve GET /metrics (Prometheus)")
+    TIMEOUT_GRACEFUL_SHUTDOWN: PositiveInt = Field(
+        default=20, description="seconds the requests in flight get to finish after SIGTERM"
+    )
+    PROXY_HEADERS: bool = Field(
+        default=True,
+        description="take the client address from X-Forwarded-For / X-Forwarded-Proto sent "
+        "by a proxy in FORWARDED_ALLOW_IPS",
+    )
+    FORWARDED_ALLOW_IPS: str = Field(
+        default="127.0.0.1", description="comma-separated addresses or networks, or *"
+    )
+    DB_PREPARE_THRESHOLD: Annotated[NonNegativeInt | None, BeforeValidator(_none)] = Field(
+        default=5,
+        description="psycopg's prepare_threshold (its default, 5); none disables server-side "
+        "prepared statements, as PgBouncer's transaction pooling needs before 1.22",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> "Settings":

@@ -11,6 +11,7 @@ from sqlalchemy import exc
 from sqlalchemy.orm.exc import StaleDataError
 from starlette.exceptions import HTTPException
 
+from app import context, metrics
 from app.exceptions import (
     DatabaseBusyError,
     EmailAlreadyRegisteredError,
@@ -20,6 +21,7 @@ from app.exceptions import (
     NotAuthenticatedError,
     PermissionDeniedError,
     PreconditionFailedError,
+    ShuttingDownError,
     WriteInReadError,
 )
 from app.redaction import redacted, secret_names
@@ -33,6 +35,10 @@ _UNAVAILABLE = (
     DatabaseBusyError,
     exc.OperationalError,
     exc.InterfaceError,
+    # What psycopg raises when PgBouncer loses its server during a COMMIT ("received 2
+    # results from command 'COMMIT'"), and PostgreSQL's own XX000: the database, not the
+    # request, is at fault.
+    exc.InternalError,
     exc.TimeoutError,
     exc.DisconnectionError,
 )
@@ -126,6 +132,9 @@ async def _unavailable(request: Request, error: Exception) -> JSONResponse:
     # No stack trace: this is load or an outage, not a bug. The message may name the cause
     # ("database is locked", "connection refused") but never a password: SQLAlchemy hides it.
     log.warning("database unavailable on %s: %s", _endpoint(request), str(error).splitlines()[0])
+    metrics.count_unavailable(
+        "gate_timeout" if isinstance(error, DatabaseBusyError) else "database_unavailable"
+    )
     return _detail(
         "Database is busy or unavailable, please retry",
         503,
@@ -169,7 +178,16 @@ async def _method_not_allowed(request: Request, error: Exception) -> JSONRespons
 
 
 async def _internal(request: Request, error: Exception) -> JSONResponse:
-    return _detail("Internal Server Error", 500)
+    # Starlette answers unhandled exceptions outside the middleware that adds the header.
+    request_id = context.request_id()
+    return _detail(
+        "Internal Server Error", 500, {"X-Request-ID": request_id} if request_id else None
+    )
+
+
+async def _shutting_down(request: Request, error: Exception) -> JSONResponse:
+    metrics.count_unavailable("draining")
+    return _detail("Server is shutting down", 503, {"Retry-After": RETRY_AFTER_SECONDS})
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -184,6 +202,7 @@ def install_error_handlers(app: FastAPI) -> None:
         StaleDataError: _precondition_failed,
         WriteInReadError: _write_in_read,
         RequestValidationError: _invalid_request,
+        ShuttingDownError: _shutting_down,
         exc.IntegrityError: _conflict,
         **dict.fromkeys(_UNAVAILABLE, _unavailable),
         Exception: _internal,

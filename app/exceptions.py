@@ -12,6 +12,7 @@ __all__ = [
     "NotAuthenticatedError",
     "PermissionDeniedError",
     "PreconditionFailedError",
+    "ShuttingDownError",
     "UnversionedDatabaseError",
     "WriteInReadError",
 ]
@@ -61,3 +62,7 @@ class PreconditionFailedError(Exception):
 
 class UnversionedDatabaseError(RuntimeError):
     """The database has the app's tables but no Alembic revision: create_all made it."""
+
+
+class ShuttingDownError(Exception):
+    """The process is draining after a SIGTERM: readiness fails while requests finish."""

@@ -18,6 +18,8 @@ from app.config import Settings
 from app.cors import add_cors
 from app.database import ensure_database_schema
 from app.errors import install_error_handlers
+from app.serving import serving
+from app.telemetry import Telemetry
 from app.transactions import Reader, Writer
 from containers import container, dispose_engines, reset_request_path
 
@@ -41,7 +43,7 @@ def _log_concurrency(s: Settings, reader: Reader, writer: Writer) -> None:
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     """Wire the routers and size the request path from the container's current state,
-    prepare the schema, and dispose of the engines at shutdown."""
+    prepare the schema, serve (``app.serving``), and dispose of the engines at shutdown."""
     # At every startup, not once at import: a test that unwired the container, or changed
     # its settings or engine, gets an app that serves with what the container holds now.
     if routers not in cast(list[ModuleType], container.wired_to_packages):
@@ -62,10 +64,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await anyio.to_thread.run_sync(migrations.upgrade)
     elif setup == "create_all":
         await anyio.to_thread.run_sync(ensure_database_schema)
-    try:
-        yield
-    finally:
-        await dispose_engines(container)
+    with serving(app, s, container):
+        try:
+            yield
+        finally:
+            await dispose_engines(container)
 
 
 def create_app() -> FastAPI:
@@ -81,7 +84,8 @@ def create_app() -> FastAPI:
     install_error_handlers(app)
     app.add_middleware(RequestLimit)
     app.add_middleware(BodyLimit, max_bytes=container.settings().MAX_BODY_BYTES)
-    add_cors(app, container.settings().CORS_ORIGINS)  # outermost: refusals get CORS headers
+    add_cors(app, container.settings().CORS_ORIGINS)  # outside both: refusals get CORS headers
+    app.add_middleware(Telemetry)  # outermost: it sees, labels and logs every request
     for router in (*routers.AUTH_ROUTERS, *routers.ROUTERS) if auth_enabled else routers.ROUTERS:
         app.include_router(router)
     if not auth_enabled:

@@ -17,7 +17,7 @@ from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Concatenate, ParamSpec, TypeVar, cast
+from typing import Any, ClassVar, Concatenate, ParamSpec, TypeVar, cast
 
 import anyio
 import anyio.to_thread
@@ -25,6 +25,7 @@ from sqlalchemy import Connection, event
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, UOWTransaction
 
+from app import context
 from app.exceptions import DatabaseBusyError, WriteInReadError
 from app.sqlite import BEGIN_MODE, QUERY_ONLY
 
@@ -92,6 +93,8 @@ class _Unit(ABC):
     what the response needs (schemas, not ORM objects, which stay in the transaction).
     """
 
+    kind: ClassVar[context.GateKind]
+
     def __init__(self, gate: Gate, sessions: SessionFactory) -> None:
         self.gate = gate
         self.sessions = sessions
@@ -99,11 +102,19 @@ class _Unit(ABC):
     async def __call__(
         self, fn: Callable[Concatenate[Session, P], T], /, *args: P.args, **kwargs: P.kwargs
     ) -> T:
-        await self.gate.acquire()
+        await self._acquire()
         try:
             return await anyio.to_thread.run_sync(self._run, fn, args, kwargs)
         finally:
             self.gate.release()
+
+    async def _acquire(self) -> None:
+        arrived = time.perf_counter()
+        try:
+            await self.gate.acquire()
+        finally:
+            # Also when it gave up: the access log shows what a gate-timeout 503 waited.
+            context.add_gate_wait(self.kind, time.perf_counter() - arrived)
 
     @abstractmethod
     def _run(self, fn: Callable[..., T], args: Any, kwargs: Any, budget: float = 0) -> T: ...
@@ -126,6 +137,8 @@ class Reader(_Unit):
     and run again in a worker thread, so the event loop is never held long.
     """
 
+    kind = "read"
+
     def __init__(
         self, gate: Gate, sessions: SessionFactory, *, inline_budget: float | None = None
     ) -> None:
@@ -138,7 +151,7 @@ class Reader(_Unit):
     ) -> T:
         if self.inline_budget is None:
             return await super().__call__(fn, *args, **kwargs)
-        await self.gate.acquire()
+        await self._acquire()
         started = time.perf_counter()
         try:
             try:
@@ -203,7 +216,8 @@ class _Job:
     fn: Callable[..., Any]
     args: Any
     kwargs: Any
-    started: bool = False
+    queued_at: float
+    started_at: float | None = None
     outcome: tuple[bool, Any] | None = None  # (succeeded, value or exception)
 
 
@@ -220,6 +234,8 @@ class Writer(_Unit):
     the database.
     """
 
+    kind = "write"
+
     def __init__(self, gate: Gate, sessions: SessionFactory, *, batch_size: int = 1) -> None:
         super().__init__(gate, sessions)
         self.batch_size = batch_size
@@ -232,7 +248,7 @@ class Writer(_Unit):
     ) -> T:
         if self.batch_size == 1:
             return await super().__call__(fn, *args, **kwargs)
-        job = _Job(fn, args, kwargs)
+        job = _Job(fn, args, kwargs, queued_at=time.perf_counter())
         self._queue.append(job)
         deadline = time.monotonic() + self.gate.timeout
         try:
@@ -241,16 +257,18 @@ class Writer(_Unit):
                     await self._lead()  # this request runs the next batch, for everyone
                     continue
                 left = deadline - time.monotonic()
-                if left <= 0 and not job.started:
+                if left <= 0 and job.started_at is None:
                     raise DatabaseBusyError(
                         f"no database connection free within {self.gate.timeout:g}s"
                     )
                 assert self._batch_done is not None  # made by the leader
-                with anyio.move_on_after(left if not job.started else math.inf):
+                with anyio.move_on_after(left if job.started_at is None else math.inf):
                     await self._batch_done.wait()
         finally:
-            if not job.started:
+            if job.started_at is None:
                 self._queue.remove(job)
+            waited = (job.started_at or time.perf_counter()) - job.queued_at
+            context.add_gate_wait(self.kind, waited)  # in this request's own context
         succeeded, value = job.outcome
         if not succeeded:
             raise value
@@ -263,11 +281,11 @@ class Writer(_Unit):
         try:
             await self.gate.acquire()
             try:
-                batch = [
-                    self._queue.popleft() for _ in range(min(self.batch_size, len(self._queue)))
-                ]
+                size = min(self.batch_size, len(self._queue))
+                batch = [self._queue.popleft() for _ in range(size)]
+                started = time.perf_counter()
                 for job in batch:
-                    job.started = True
+                    job.started_at = started
                 outcomes = await anyio.to_thread.run_sync(self._run_batch, batch)
                 for job, outcome in zip(batch, outcomes, strict=True):
                     job.outcome = outcome

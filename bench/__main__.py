@@ -11,6 +11,7 @@ from pathlib import Path
 from bench.floor import floor_table
 from bench.growth import GROWTH, TINY, growth_table
 from bench.micro import provider_table, session_table
+from bench.operations import overhead_table
 from bench.report import Table, machine, render, summary
 from bench.web import WRK_MISSING, postgres_table, sqlite_tables
 
@@ -56,12 +57,25 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--growth-connections", type=int, default=8, help="wrk connections for growth"
     )
+    parser.add_argument(
+        "--operations-only",
+        action="store_true",
+        help="only section 7: the cost of request ids, the access log and metrics",
+    )
     return parser
 
 
 def _show(table: Table) -> Table:
     print(render(table) + "\n", flush=True)
     return table
+
+
+def _operations(
+    folder: Path, args: argparse.Namespace, seconds: int, rounds: int, warmup: int
+) -> Table:
+    return overhead_table(
+        folder, seconds=seconds, rounds=rounds, warmup=warmup, connections=args.connections
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -76,11 +90,18 @@ def main(argv: list[str] | None = None) -> int:
     has_wrk = shutil.which("wrk") is not None
     started = time.monotonic()
     print(f"## Benchmarks{' (quick smoke run)' if quick else ''}\n\n{machine()}\n", flush=True)
-    if not postgres_url:
+    if not postgres_url and not args.operations_only:
         print(f"{POSTGRES_MISSING}\n", flush=True)
     tables: list[Table] = []
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         folder = Path(tmp)
+        if args.operations_only:
+            if not has_wrk:
+                print(WRK_MISSING)
+                return 1
+            tables.append(_show(_operations(folder, args, seconds, rounds, warmup)))
+            print(summary(tables))
+            return 0
         tables.append(_show(session_table(folder, quick=quick)))
         tables.append(_show(provider_table(quick=quick)))
         if has_wrk:
@@ -120,6 +141,8 @@ def main(argv: list[str] | None = None) -> int:
                     server_url=postgres_url,
                 )
                 tables.append(_show(table))
+        if has_wrk:
+            tables.append(_show(_operations(folder, args, seconds, rounds, warmup)))
     print(summary(tables))
     if not has_wrk:
         print("\nThe HTTP targets were not measured: wrk is not installed (see section 3).")

@@ -32,7 +32,9 @@ __all__ = [
     "postgres_table",
     "progress",
     "rate",
+    "ratio",
     "serve",
+    "serve_app",
     "sqlite_tables",
     "wrk",
     "wrk_timeout",
@@ -210,12 +212,17 @@ def progress(message: str) -> None:
 
 def serve(name: str, database_url: str, *, workers: int, log_path: Path) -> LiveServer:
     """``APPS[name]`` on a seeded database, with the same uvicorn options for every server."""
+    return serve_app(APPS[name], database_url, workers=workers, log_path=log_path)
+
+
+def serve_app(app: str, database_url: str, *, workers: int, log_path: Path) -> LiveServer:
+    """``uvicorn APP --workers N --no-access-log`` on a seeded database."""
     # The schema is seeded: the app must not run migrations over it, whatever .env says.
     env = {"DATABASE_URL": database_url, "MIGRATE_ON_STARTUP": "false"}
     return LiveServer(
         env,
         workers,
-        app=APPS[name],
+        app=app,
         ready_path="/users/1",
         log_path=log_path,
         extra_args=("--no-access-log",),

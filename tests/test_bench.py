@@ -46,7 +46,7 @@ def _table(tables: dict[str, list[list[str]]], prefix: str) -> list[list[str]]:
 
 
 def _number(cell: str) -> float:
-    match = re.fullmatch(r"([\d,.]+)\s*(µs|ns|MiB|x|%)?", cell)
+    match = re.fullmatch(r"(-?[\d,.]+)\s*(µs|ns|MiB|x|%)?", cell)
     assert match is not None, f"not a measurement: {cell!r}"
     return float(match.group(1).replace(",", ""))
 
@@ -127,6 +127,14 @@ def test_quick_benchmark_prints_every_table_with_its_rows() -> None:
         assert all(_number(row[1]) > 0 for row in growth), growth
         assert _number(growth[2][3]) > 0
         assert "Seeded in" in result.stdout
+
+        operations = _table(tables, "7. Operations overhead")
+        assert [row[0] for row in operations] == ["GET /users/{id}"]
+        assert _number(operations[0][1]) > 0
+        assert _number(operations[0][2]) > 0
+        assert operations[0][3].endswith(" %")
+        assert operations[0][-1] in ("yes", "NO")
+        targets += 1
 
         if postgres:
             pg = _table(tables, "5. HTTP under wrk on PostgreSQL")

@@ -1,9 +1,13 @@
 """The ``app`` command, run as users run it: a subprocess with the environment as config."""
 
+import json
 from pathlib import Path
 
+import httpx2
+import pytest
 from sqlalchemy import create_engine, inspect
 
+from app.testing.server import LiveServer
 from tests.conftest import run_app
 
 
@@ -41,6 +45,42 @@ def test_serve_help(tmp_path: Path) -> None:
         "serve", "--help", env={"DATABASE_URL": "sqlite:///./app.db"}, cwd=tmp_path, timeout=120
     )
     assert result.returncode == 0, result.stderr
-    for option in ("--host", "--port", "--workers", "--log-level"):
+    for option in (
+        "--host",
+        "--port",
+        "--workers",
+        "--log-level",
+        "--access-log",
+        "--timeout-graceful-shutdown",
+        "--proxy-headers",
+        "--forwarded-allow-ips",
+    ):
         assert option in result.stdout
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("flags", "client"),
+    [
+        ((), "203.0.113.7:0"),  # PROXY_HEADERS defaults on, trusting 127.0.0.1
+        (("--no-proxy-headers",), "127.0.0.1:"),
+        (("--proxy-headers", "--forwarded-allow-ips", "192.0.2.1"), "127.0.0.1:"),
+    ],
+)
+def test_serve_takes_the_client_address_from_trusted_proxies_only(
+    tmp_path: Path, flags: tuple[str, ...], client: str
+) -> None:
+    env = {"DATABASE_URL": f"sqlite:///{tmp_path / 'app.db'}", "LOG_FORMAT": "json"}
+    with LiveServer(env, serve=True, extra_args=flags) as server:
+        response = httpx2.get(
+            f"{server.url}/health/live",
+            headers={"X-Forwarded-For": "203.0.113.7", "X-Request-ID": "proxied"},
+        )
+        assert response.status_code == 200
+        server.stop()
+    (line,) = [
+        json.loads(line)
+        for line in server.log_text().splitlines()
+        if '"request_id": "proxied"' in line
+    ]
+    assert line["client"].startswith(client)

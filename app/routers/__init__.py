@@ -6,11 +6,11 @@ order and wires every module of this package.
 
 from fastapi import APIRouter
 
-from app.routers import auth, health, items, users
+from app.routers import auth, health, items, metrics, users
 
 __all__ = ["AUTH_ROUTERS", "ROUTERS"]
 
-ROUTERS: tuple[APIRouter, ...] = (users.router, items.router, health.router)
+ROUTERS: tuple[APIRouter, ...] = (users.router, items.router, health.router, metrics.router)
 """Always mounted, in this order."""
 AUTH_ROUTERS: tuple[APIRouter, ...] = (auth.router,)
 """Mounted first when AUTH_ENABLED is on (``/users/me`` must match before ``/users/{id}``);

@@ -6,7 +6,11 @@ that imports nothing from it.
 
 The backend is SQLite (a temporary file) unless ``TEST_DATABASE_URL`` names a PostgreSQL
 server (a superuser URL), in which case each test gets a fresh database on it, dropped
-afterwards; ``scripts/with_postgres.py`` starts a throwaway server and sets it.
+afterwards; ``scripts/with_postgres.py`` starts a throwaway server and sets it. When
+``TEST_PGBOUNCER_URL`` names a PgBouncer in front of that server as well (``with_postgres.py
+--pgbouncer``), the databases are still created on the server, but the app reaches them
+through PgBouncer, and ``DB_PREPARE_THRESHOLD=none`` is set in the environment for the run
+(so that the settings and the live servers of every test read it).
 
 - ``database_url``: the URL of this test's empty database;
 - ``settings``: ``Settings`` for it; override this fixture to change a knob for a module;
@@ -50,7 +54,9 @@ from containers import build_async_engine, build_engine, container
 
 __all__ = [
     "BACKEND",
+    "PGBOUNCER_URL",
     "SERVER_URL",
+    "VIA_PGBOUNCER",
     "bearer",
     "count_rows",
     "engine_pair",
@@ -60,6 +66,8 @@ __all__ = [
 
 SERVER_URL = os.environ.get("TEST_DATABASE_URL", "")
 BACKEND = "postgresql" if SERVER_URL.startswith("postgresql") else "sqlite"
+PGBOUNCER_URL = os.environ.get("TEST_PGBOUNCER_URL", "")
+VIA_PGBOUNCER = BACKEND == "postgresql" and bool(PGBOUNCER_URL)
 
 
 @contextlib.asynccontextmanager
@@ -98,8 +106,15 @@ def settings_free_environ(**env: str) -> dict[str, str]:
     return clean | env
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    if VIA_PGBOUNCER:
+        # Transaction pooling hands each transaction any server connection: statements
+        # that psycopg prepared on another one would not be found (PgBouncer < 1.22).
+        os.environ["DB_PREPARE_THRESHOLD"] = "none"
+
+
 def pytest_report_header() -> str:
-    return f"database backend: {BACKEND}"
+    return f"database backend: {BACKEND}{' through PgBouncer' if VIA_PGBOUNCER else ''}"
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -137,7 +152,8 @@ def database_url(
         strategy = " STRATEGY FILE_COPY" if version >= (15,) else ""
         conn.execute(text(f'CREATE DATABASE "{name}"{strategy}'))
     try:
-        yield make_url(SERVER_URL).set(database=name).render_as_string(hide_password=False)
+        via = PGBOUNCER_URL if VIA_PGBOUNCER else SERVER_URL
+        yield make_url(via).set(database=name).render_as_string(hide_password=False)
     finally:
         with admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))

@@ -409,6 +409,7 @@ class PgBouncer:
         default_pool_size: int = 20,
         max_client_conn: int = 500,
         max_prepared_statements: int = 0,
+        query_wait_timeout: int = 10,
         binary: str | None = None,
     ) -> None:
         self.server = server
@@ -438,7 +439,7 @@ class PgBouncer:
             # After a server restart, retry the login within a second, not the default 15 s.
             "server_login_retry": "1",
             # While the server is down a query waits this long, not the default 120 s.
-            "query_wait_timeout": "10",
+            "query_wait_timeout": str(query_wait_timeout),
             "ignore_startup_parameters": "extra_float_digits",
             "log_connections": "0",
             "log_disconnections": "0",

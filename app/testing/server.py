@@ -5,12 +5,14 @@
         server.worker_pids()  # the two worker processes
         server.log_text()
 
-The server runs ``python -m uvicorn app.main:app`` from the current directory on a free
-127.0.0.1 port, in its own process group, with stdout and stderr captured in ``log_path``
-(a temporary file removed by ``stop()`` unless you pass one; ``log_text()`` keeps working).
-Construction returns once ``/health`` answers 200 and every worker reported startup;
-``stop()`` (or leaving the ``with`` block) terminates the server and every process of its
-group. Every wait is bounded.
+The server runs ``python -m uvicorn app.main:app`` (or, with ``serve=True``, ``app serve``:
+the production entry point, with its logging, metrics directory and exit status) from the
+current directory on a free 127.0.0.1 port, in its own process group, with stdout and stderr
+captured in ``log_path`` (a temporary file removed by ``stop()`` unless you pass one;
+``log_text()`` keeps working). Construction returns once ``/health`` answers 200 and every
+worker reported startup; ``stop()`` (or leaving the ``with`` block) terminates the server and
+every process of its group; ``terminate()`` only sends SIGTERM, and ``wait()`` waits for the
+exit that follows. Every wait is bounded.
 """
 
 import contextlib
@@ -67,7 +69,8 @@ def _spawned_children(pid: int) -> list[int]:
 
 
 class LiveServer:
-    """``uvicorn <app> --workers N`` with ``env`` on top of this process's environment.
+    """``uvicorn <app> --workers N`` (``app serve --workers N`` with ``serve``) with ``env``
+    on top of this process's environment.
 
     Ready once every worker reported startup and ``ready_path`` answers 200.
     """
@@ -83,9 +86,11 @@ class LiveServer:
         app: str = "app.main:app",
         ready_path: str = "/health",
         cwd: Path | None = None,
+        serve: bool = False,
     ) -> None:
         self.workers = workers
         self.app = app
+        self.serve = serve
         self.ready_path = ready_path
         self._own_log = log_path is None
         if log_path is None:
@@ -143,6 +148,21 @@ class LiveServer:
     def is_running(self) -> bool:
         return self._process is not None and not self._exited()
 
+    def terminate(self) -> None:
+        """Send SIGTERM, as an orchestrator does, and return at once."""
+        if self.is_running():
+            assert self._process is not None
+            self._process.send_signal(signal.SIGTERM)
+
+    def wait(self, timeout: float) -> int | None:
+        """Wait up to ``timeout`` for the server to exit by itself; then ``stop()`` it (which
+        reaps it and kills what is left of its group) and return its exit code. None if it
+        still runs."""
+        deadline = time.monotonic() + timeout
+        while self.is_running() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return None if self.is_running() else self.stop()
+
     def stop(self, timeout: float = 20.0) -> int | None:
         """Terminate gracefully (SIGTERM), then kill what is left; the exit code. Idempotent."""
         if self._final_log is None:
@@ -187,11 +207,11 @@ class LiveServer:
         self.stop()
 
     def _start(self) -> None:
+        program = ["app.cli", "serve"] if self.serve else ["uvicorn", self.app]
         command = [
             sys.executable,
             "-m",
-            "uvicorn",
-            self.app,
+            *program,
             "--host",
             self.host,
             "--port",

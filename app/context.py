@@ -1,0 +1,55 @@
+"""What the code serving one request knows about it: its id and the time it waited at the gates.
+
+The request middleware (``app.telemetry``) starts a ``RequestContext`` for every request;
+anything below it reads it through ``current()``, on the event loop and in the worker threads
+that run units of work (anyio's ``to_thread.run_sync`` copies the context into them).
+"""
+
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import Literal
+
+__all__ = ["GateKind", "RequestContext", "add_gate_wait", "current", "request_id", "start"]
+
+GateKind = Literal["read", "write"]
+
+
+@dataclass(slots=True)
+class RequestContext:
+    request_id: str
+    gate_wait: dict[GateKind, float] = field(default_factory=dict)
+    """Seconds spent waiting for a gate slot, by kind of unit of work."""
+
+    @property
+    def total_gate_wait(self) -> float:
+        return sum(self.gate_wait.values(), 0.0)
+
+
+_current: ContextVar[RequestContext | None] = ContextVar("app_request", default=None)
+
+
+def start(request_id: str) -> RequestContext:
+    """A new context for the request being served in this task.
+
+    It is never reset: uvicorn serves each request in a task of its own, and the handlers
+    outside the middleware (the 500 handler, uvicorn's error log) still see it.
+    """
+    context = RequestContext(request_id)
+    _current.set(context)
+    return context
+
+
+def current() -> RequestContext | None:
+    return _current.get()
+
+
+def request_id() -> str | None:
+    """The id of the request being served, or None outside a request."""
+    context = _current.get()
+    return None if context is None else context.request_id
+
+
+def add_gate_wait(kind: GateKind, seconds: float) -> None:
+    context = _current.get()
+    if context is not None:
+        context.gate_wait[kind] = context.gate_wait.get(kind, 0.0) + seconds

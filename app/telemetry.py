@@ -1,0 +1,109 @@
+"""Request ids, the access log and the request metrics, in one pure ASGI middleware.
+
+Every request gets an id: the client's ``X-Request-ID`` when it is 1 to 128 characters of
+``[A-Za-z0-9._-]``, a new one otherwise. It is echoed on the response, is ``request_id`` on
+every log record made while serving the request (worker threads included), and ends the
+request's one access-log line: method, route template, status, duration, time waited at the
+gates, client address.
+"""
+
+import logging
+import re
+import time
+import uuid
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app import context, metrics
+
+__all__ = ["REQUEST_ID_HEADER", "UNMATCHED", "Telemetry", "route_template"]
+
+REQUEST_ID_HEADER = "X-Request-ID"
+UNMATCHED = "<unmatched>"
+"""The route of a request that no route matched, or that was shed before routing."""
+
+_HEADER = REQUEST_ID_HEADER.lower().encode()
+_VALID_ID = re.compile(rb"[A-Za-z0-9._-]{1,128}")
+access_log = logging.getLogger("app.access")
+
+
+def route_template(scope: Scope) -> str:
+    """``/users/{user_id}``: the matched route's path (routers carry their prefix)."""
+    path = getattr(scope.get("route"), "path", None)
+    return path if isinstance(path, str) else UNMATCHED
+
+
+def _request_id(scope: Scope) -> str:
+    for name, value in scope["headers"]:
+        if name == _HEADER and _VALID_ID.fullmatch(value):
+            return bytes(value).decode()
+    return uuid.uuid4().hex
+
+
+class Telemetry:
+    """ASGI middleware; the outermost of the app's, so that shed requests are seen too.
+
+    Starlette answers an unhandled exception outside every middleware: that 500 gets its
+    header from ``app.errors``, which reads the id from ``app.context``.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        request = context.start(_request_id(scope))
+        header = (_HEADER, request.request_id.encode())
+        status = 500  # unless a response starts: Starlette then answers the exception with one
+        measured = getattr(scope["app"].state, "metrics_enabled", False)
+        if measured:
+            metrics.request_started()
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                headers = list(message.get("headers", ()))
+                if all(name.lower() != _HEADER for name, _ in headers):  # app.errors' 500s
+                    headers.append(header)
+                message = {**message, "headers": headers}
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            seconds = time.perf_counter() - started
+            route = route_template(scope)
+            if measured:
+                metrics.observe_request(scope["method"], route, status, seconds, request.gate_wait)
+            if access_log.isEnabledFor(logging.INFO):
+                _log_access(scope, route, status, seconds, request)
+
+
+def _log_access(
+    scope: Scope, route: str, status: int, seconds: float, request: context.RequestContext
+) -> None:
+    client = scope.get("client")
+    address = f"{client[0]}:{client[1]}" if client else "-"
+    duration_ms = round(seconds * 1000, 2)
+    gate_wait_ms = round(request.total_gate_wait * 1000, 2)
+    access_log.info(
+        "%s %s %d %.1f ms (gates %.1f ms) from %s",
+        scope["method"],
+        route,
+        status,
+        duration_ms,
+        gate_wait_ms,
+        address,
+        extra={
+            "method": scope["method"],
+            "route": route,
+            "status": status,
+            "duration_ms": duration_ms,
+            "gate_wait_ms": gate_wait_ms,
+            "client": address,
+        },
+    )

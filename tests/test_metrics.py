@@ -1,0 +1,286 @@
+"""GET /metrics: Prometheus text from prometheus-client, added up over every worker."""
+
+import json
+import os
+import subprocess
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx2
+import pytest
+from dependency_injector import providers
+from fastapi.testclient import TestClient
+from prometheus_client import REGISTRY
+from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import Engine, create_engine
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session
+
+from app import metrics
+from app.config import Settings
+from app.schemas import UserRead
+from app.services import UserService
+from app.testing.server import LiveServer, free_port
+from containers import container
+from tests.factories import create_user
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def scrape(client: TestClient | httpx2.Client) -> Samples:
+    response = client.get("/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(response.text)
+        for sample in family.samples
+    }
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+@pytest.fixture
+def settings(database_url: str) -> Settings:
+    return Settings(DATABASE_URL=database_url, METRICS_ENABLED=True)
+
+
+class TestDisabled:
+    @pytest.fixture
+    def settings(self, database_url: str) -> Settings:
+        return Settings(DATABASE_URL=database_url)
+
+    def test_metrics_are_off_by_default(self, client: TestClient) -> None:
+        assert Settings.model_fields["METRICS_ENABLED"].default is False
+        response = client.get("/metrics")
+        assert response.status_code == 404
+        assert response.json() == {"detail": "Not Found"}
+
+
+def test_requests_are_counted_by_method_route_and_status(client: TestClient) -> None:
+    user = create_user(client)
+    before = scrape(client)
+    for _ in range(3):
+        assert client.get(f"/users/{user['id']}").status_code == 200
+    assert client.get("/users/999999").status_code == 404
+    assert client.get(f"/nothing/here/{user['email']}").status_code == 404
+    after = scrape(client)
+
+    def delta(name: str, **labels: str) -> float:
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    route = {"method": "GET", "route": "/users/{user_id}"}
+    assert delta("http_requests_total", status="200", **route) == 3
+    assert delta("http_requests_total", status="404", **route) == 1
+    assert delta("http_requests_total", method="GET", route="<unmatched>", status="404") == 1
+    assert delta("http_request_duration_seconds_count", **route) == 4
+    assert delta("http_request_duration_seconds_bucket", le="+Inf", **route) == 4
+    assert delta("db_gate_wait_seconds_count", kind="read") == 4
+    assert delta("db_gate_wait_seconds_count", kind="write") == 0
+    assert not [name for name, labels in after if user["email"] in str(labels)]
+    assert value(after, "http_requests_in_progress") == 1  # the scrape itself
+
+
+def test_an_unknown_method_is_one_label(client: TestClient) -> None:
+    before = scrape(client)
+    assert client.request("BREW", "/users/").status_code == 405
+    after = scrape(client)
+    labels = {"method": "other", "route": "/users/", "status": "405"}
+    assert (
+        value(after, "http_requests_total", **labels)
+        - value(before, "http_requests_total", **labels)
+        == 1
+    )
+
+
+class BlockingReads(UserService):
+    """Holds its gate slot and its connection until released."""
+
+    def __init__(self) -> None:
+        super().__init__(container.passwords())
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def get_page(
+        self, session: Session, *, skip: int, limit: int, after_id: int | None = None
+    ) -> list[UserRead]:
+        self.entered.set()
+        self.release.wait(timeout=30)
+        return super().get_page(session, skip=skip, limit=limit, after_id=after_id)
+
+
+@contextmanager
+def blocked_read(client: TestClient) -> Iterator[None]:
+    """A ``GET /users/`` in flight, holding a gate slot and a connection, until the end."""
+    blocking = BlockingReads()
+    with container.user_service.override(providers.Object(blocking)):
+        holder = threading.Thread(target=lambda: client.get("/users/"))
+        holder.start()
+        assert blocking.entered.wait(timeout=30)
+        try:
+            yield
+        finally:
+            blocking.release.set()
+            holder.join(timeout=30)
+
+
+def cause(before: Samples, after: Samples, name: str) -> float:
+    return value(after, "http_503_responses_total", cause=name) - value(
+        before, "http_503_responses_total", cause=name
+    )
+
+
+class TestBusyGate:
+    @pytest.fixture
+    def settings(self, database_url: str) -> Settings:
+        return Settings(
+            DATABASE_URL=database_url,
+            METRICS_ENABLED=True,
+            DB_POOL_SIZE=1,
+            DB_MAX_OVERFLOW=0,
+            DB_QUEUE_TIMEOUT=0.2,
+        )
+
+    def test_gate_timeouts_and_connections_in_use(self, client: TestClient) -> None:
+        before = scrape(client)
+        with blocked_read(client):
+            during = scrape(client)  # needs no connection
+            assert client.get("/items/").status_code == 503  # waits out DB_QUEUE_TIMEOUT
+        after = scrape(client)
+        assert value(during, "db_connections_in_use", engine="engine") == 1
+        assert value(during, "http_requests_in_progress") == 2  # the blocked one, the scrape
+        assert value(after, "db_connections_in_use", engine="engine") == 0
+        assert cause(before, after, "gate_timeout") == 1
+        waited = value(after, "db_gate_wait_seconds_count", kind="read") - value(
+            after, "db_gate_wait_seconds_bucket", kind="read", le="0.1"
+        )
+        assert waited >= 1  # the one that gave up after 0.2 s
+
+
+class TestRequestLimit:
+    @pytest.fixture
+    def settings(self, database_url: str) -> Settings:
+        return Settings(DATABASE_URL=database_url, METRICS_ENABLED=True, MAX_CONCURRENT_REQUESTS=1)
+
+    def test_shed_requests_and_what_is_never_shed(self, client: TestClient) -> None:
+        before = scrape(client)
+        with blocked_read(client):
+            shed = [client.get("/users/1") for _ in range(3)]
+            live = client.get("/health/live")
+            during = scrape(client)
+        after = scrape(client)
+        assert [r.status_code for r in shed] == [503] * 3
+        assert all(r.headers["retry-after"] == "1" for r in shed)
+        assert len({r.headers["x-request-id"] for r in shed}) == 3  # shed, but with an id
+        assert live.status_code == 200
+        assert cause(before, after, "request_limit") == 3
+        shed_label = {"method": "GET", "route": "<unmatched>", "status": "503"}
+        assert (
+            value(during, "http_requests_total", **shed_label)
+            - value(before, "http_requests_total", **shed_label)
+            == 3
+        )
+
+
+def test_draining_and_database_unavailable(client: TestClient, tmp_path: Path) -> None:
+    before = scrape(client)
+    client.app.state.draining = True  # type: ignore[attr-defined]
+    assert client.get("/health").status_code == 503
+    client.app.state.draining = False  # type: ignore[attr-defined]
+    unreachable = create_engine(f"sqlite:///{tmp_path / 'missing' / 'app.db'}")
+    with container.engine.override(unreachable):
+        assert client.get("/health").status_code == 503
+    unreachable.dispose()
+    after = scrape(client)
+    assert cause(before, after, "draining") == 1
+    assert cause(before, after, "database_unavailable") == 1
+    assert cause(before, after, "gate_timeout") == 0
+
+
+def test_a_failed_checkout_is_not_a_connection_in_use() -> None:
+    engine = create_engine(
+        f"postgresql+psycopg://app:pw@127.0.0.1:{free_port()}/app",
+        connect_args={"connect_timeout": 2},
+        pool_pre_ping=True,
+    )
+    metrics.instrument_engine(engine, "closed-port")
+    metrics.instrument_engine(engine, "closed-port")  # idempotent
+    with pytest.raises(OperationalError):
+        engine.connect()
+    assert REGISTRY.get_sample_value("db_connections_in_use", {"engine": "closed-port"}) == 0
+    engine.dispose()
+
+
+def test_dead_processes_leave_the_live_gauges(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(metrics.MULTIPROC_DIR_ENV, str(tmp_path))
+    dead = _exited_pid()
+    files = [
+        f"gauge_livesum_{dead}.db",
+        f"gauge_liveall_{dead}.db",
+        f"counter_{dead}.db",
+        f"gauge_livesum_{os.getpid()}.db",
+    ]
+    for name in files:
+        (tmp_path / name).write_bytes(b"")
+    metrics.forget_dead_processes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [f"counter_{dead}.db", f"gauge_livesum_{os.getpid()}.db"]
+    )
+
+
+def _exited_pid() -> int:
+    process = subprocess.Popen(["true"])
+    process.wait()
+    return process.pid
+
+
+WORKERS = 2
+REQUESTS = 40
+MAX_REQUESTS = 400
+
+
+def _served_by(server: LiveServer) -> Counter[int]:
+    """GET /users/{id} access lines by worker pid."""
+    lines = [json.loads(line) for line in server.log_text().splitlines() if line.startswith("{")]
+    return Counter(line["pid"] for line in lines if line.get("route") == "/users/{user_id}")
+
+
+@pytest.mark.slow
+def test_two_workers_add_up_in_one_scrape(database_url: str, schema: Engine) -> None:
+    schema.dispose()
+    env = {"DATABASE_URL": database_url, "METRICS_ENABLED": "true", "LOG_FORMAT": "json"}
+    with LiveServer(env, workers=WORKERS, serve=True) as server:
+        directory = _metrics_directory(server.worker_pids()[0])
+        with httpx2.Client(base_url=server.url) as client:
+            user = client.post("/users/", json={"email": "w@example.com", "password": "pw"})
+            assert user.status_code == 200
+        sent = 0
+        # A connection each, so that both workers take some; until both did (bounded).
+        while sent < REQUESTS or (len(_served_by(server)) < WORKERS and sent < MAX_REQUESTS):
+            with httpx2.Client(base_url=server.url) as client:
+                assert client.get(f"/users/{user.json()['id']}").status_code == 200
+            sent += 1
+        with httpx2.Client(base_url=server.url) as client:
+            scrapes = [scrape(client) for _ in range(4)]  # answered by either worker
+        served = _served_by(server)
+    assert len(served) == WORKERS, f"one worker served all {sent} requests"
+    route = {"method": "GET", "route": "/users/{user_id}", "status": "200"}
+    for samples in scrapes:
+        assert value(samples, "http_requests_total", **route) == sent
+        assert value(samples, "db_connections_in_use", engine="engine") == 0
+    assert not directory.exists()  # app serve removed it
+
+
+def _metrics_directory(pid: int) -> Path:
+    """The PROMETHEUS_MULTIPROC_DIR that ``app serve`` gave its worker ``pid``."""
+    environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    prefix = f"{metrics.MULTIPROC_DIR_ENV}=".encode()
+    (found,) = [entry[len(prefix) :] for entry in environ if entry.startswith(prefix)]
+    return Path(found.decode())
