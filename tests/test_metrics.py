@@ -138,12 +138,14 @@ def cause(before: Samples, after: Samples, name: str) -> float:
 class TestBusyGate:
     @pytest.fixture
     def settings(self, database_url: str) -> Settings:
+        # Reads in threads: the blocking read would hold the event loop otherwise.
         return Settings(
             DATABASE_URL=database_url,
             METRICS_ENABLED=True,
             DB_POOL_SIZE=1,
             DB_MAX_OVERFLOW=0,
             DB_QUEUE_TIMEOUT=0.2,
+            SQLITE_READ_ON_LOOP_MS=0,
         )
 
     def test_gate_timeouts_and_connections_in_use(self, client: TestClient) -> None:
@@ -165,7 +167,12 @@ class TestBusyGate:
 class TestRequestLimit:
     @pytest.fixture
     def settings(self, database_url: str) -> Settings:
-        return Settings(DATABASE_URL=database_url, METRICS_ENABLED=True, MAX_CONCURRENT_REQUESTS=1)
+        return Settings(
+            DATABASE_URL=database_url,
+            METRICS_ENABLED=True,
+            MAX_CONCURRENT_REQUESTS=1,
+            SQLITE_READ_ON_LOOP_MS=0,  # the blocked read must not hold the event loop
+        )
 
     def test_shed_requests_and_what_is_never_shed(self, client: TestClient) -> None:
         before = scrape(client)

@@ -118,22 +118,29 @@ def test_one_access_line_per_request_with_the_route_template(
         assert "alice" not in f"{line.getMessage()} {vars(line)}"
 
 
-def test_records_from_worker_threads_and_error_handlers_carry_the_request_id(
-    client: TestClient, logs: pytest.LogCaptureFixture
-) -> None:
-    failing = ExplodingReads(OperationalError("SELECT", {}, Exception("server closed")))
-    with container.user_service.override(providers.Object(failing)):
-        response = client.get("/users/")
-    assert response.status_code == 503
-    request_id = response.headers["x-request-id"]
+class TestWorkerThreads:
+    @pytest.fixture
+    def settings(self, database_url: str) -> Settings:
+        # SQLite reads run on the event loop by default; here they run in worker threads, as
+        # a database server's always do.
+        return Settings(DATABASE_URL=database_url, SQLITE_READ_ON_LOOP_MS=0)
 
-    in_thread = [r for r in logs.records if r.name == "tests.telemetry"]
-    handler = [r for r in logs.records if r.getMessage().startswith("database unavailable")]
-    assert len(in_thread) == len(handler) == len(access_lines(logs)) == 1
-    assert in_thread[0].threadName != threading.main_thread().name
-    assert in_thread[0].thread != handler[0].thread  # the unit of work ran in a worker thread
-    for record in (*in_thread, *handler, *access_lines(logs)):
-        assert vars(record)["request_id"] == request_id
+    def test_records_from_worker_threads_and_error_handlers_carry_the_request_id(
+        self, client: TestClient, logs: pytest.LogCaptureFixture
+    ) -> None:
+        failing = ExplodingReads(OperationalError("SELECT", {}, Exception("server closed")))
+        with container.user_service.override(providers.Object(failing)):
+            response = client.get("/users/")
+        assert response.status_code == 503
+        request_id = response.headers["x-request-id"]
+
+        in_thread = [r for r in logs.records if r.name == "tests.telemetry"]
+        handler = [r for r in logs.records if r.getMessage().startswith("database unavailable")]
+        assert len(in_thread) == len(handler) == len(access_lines(logs)) == 1
+        assert in_thread[0].threadName != threading.main_thread().name
+        assert in_thread[0].thread != handler[0].thread  # the unit ran in a worker thread
+        for record in (*in_thread, *handler, *access_lines(logs)):
+            assert vars(record)["request_id"] == request_id
 
 
 def test_records_outside_any_request_have_no_request_id(logs: pytest.LogCaptureFixture) -> None:
@@ -161,8 +168,13 @@ class BlockingReads(UserService):
 class TestGateWait:
     @pytest.fixture
     def settings(self, database_url: str) -> Settings:
+        # Reads in threads: the blocking read below would hold the event loop otherwise.
         return Settings(
-            DATABASE_URL=database_url, DB_POOL_SIZE=1, DB_MAX_OVERFLOW=0, DB_QUEUE_TIMEOUT=0.3
+            DATABASE_URL=database_url,
+            DB_POOL_SIZE=1,
+            DB_MAX_OVERFLOW=0,
+            DB_QUEUE_TIMEOUT=0.3,
+            SQLITE_READ_ON_LOOP_MS=0,
         )
 
     def test_the_access_line_shows_the_time_waited_at_the_gate(
