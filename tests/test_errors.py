@@ -32,6 +32,7 @@ from app.testing.plugin import count_rows
 from app.testing.server import free_port
 from containers import container
 from tests.conftest import UNAVAILABLE
+from tests.doubles import BlockingReads
 
 SECRET = "s3cret-pa55word"
 
@@ -189,22 +190,6 @@ def test_the_exception_mapping(quiet_client: TestClient, error: Exception, statu
     assert isinstance(response.json()["detail"], str)
     assert ("retry-after" in response.headers) == (status == 503)
     assert_no_internals(response.text)
-
-
-class BlockingReads(UserService):
-    """Holds its connection until released, like a slow query."""
-
-    def __init__(self) -> None:
-        super().__init__(container.passwords())
-        self.entered = threading.Event()
-        self.release = threading.Event()
-
-    def get_page(
-        self, session: Session, *, skip: int, limit: int, after_id: int | None = None
-    ) -> list[UserRead]:
-        self.entered.set()
-        self.release.wait(timeout=30)
-        return super().get_page(session, skip=skip, limit=limit, after_id=after_id)
 
 
 class TestBusyGate:

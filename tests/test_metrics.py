@@ -17,14 +17,12 @@ from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import Engine, create_engine
 from sqlalchemy.exc import OperationalError
-from sqlalchemy.orm import Session
 
 from app import metrics
 from app.config import Settings
-from app.schemas import UserRead
-from app.services import UserService
 from app.testing.server import LiveServer, free_port
 from containers import container
+from tests.doubles import BlockingReads
 from tests.factories import create_user
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
@@ -96,22 +94,6 @@ def test_an_unknown_method_is_one_label(client: TestClient) -> None:
         - value(before, "http_requests_total", **labels)
         == 1
     )
-
-
-class BlockingReads(UserService):
-    """Holds its gate slot and its connection until released."""
-
-    def __init__(self) -> None:
-        super().__init__(container.passwords())
-        self.entered = threading.Event()
-        self.release = threading.Event()
-
-    def get_page(
-        self, session: Session, *, skip: int, limit: int, after_id: int | None = None
-    ) -> list[UserRead]:
-        self.entered.set()
-        self.release.wait(timeout=30)
-        return super().get_page(session, skip=skip, limit=limit, after_id=after_id)
 
 
 @contextmanager

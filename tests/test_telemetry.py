@@ -21,6 +21,7 @@ from app.schemas import UserRead
 from app.services import UserService
 from app.telemetry import UNMATCHED
 from containers import container
+from tests.doubles import BlockingReads
 from tests.factories import create_user
 
 GENERATED = re.compile(r"[0-9a-f]{32}")
@@ -147,22 +148,6 @@ def test_records_outside_any_request_have_no_request_id(logs: pytest.LogCaptureF
     log.info("no request here")
     assert context.request_id() is None
     assert vars(logs.records[-1])["request_id"] == "-"
-
-
-class BlockingReads(UserService):
-    """Holds its gate slot until released."""
-
-    def __init__(self) -> None:
-        super().__init__(container.passwords())
-        self.entered = threading.Event()
-        self.release = threading.Event()
-
-    def get_page(
-        self, session: Session, *, skip: int, limit: int, after_id: int | None = None
-    ) -> list[UserRead]:
-        self.entered.set()
-        self.release.wait(timeout=30)
-        return super().get_page(session, skip=skip, limit=limit, after_id=after_id)
 
 
 class TestGateWait:
