@@ -9,6 +9,7 @@ which then stops them cleanly.
 
 from __future__ import annotations
 
+import abc
 import atexit
 import contextlib
 import glob
@@ -116,8 +117,105 @@ def missing_binaries(bindir: str | None = None) -> list[str]:
     return missing
 
 
-class PostgresServer:
+class _Daemon(abc.ABC):
+    """What PostgresServer and PgBouncer share: one process on a port, a directory, a log."""
+
+    _LOG_NAME: str
+    """The log's file name in ``root``."""
+    _NOUN: str
+    """What the messages call the process."""
+
+    def __init__(
+        self,
+        *,
+        root: str,
+        port: int,
+        password: str,
+        os_user: pwd.struct_passwd | None,
+        keep: bool,
+    ) -> None:
+        self.root = root
+        self.port = port
+        self.password = password
+        self.os_user = os_user
+        self.keep = keep
+        self._process: subprocess.Popen[str] | None = None
+        self._closed = False
+        _OPEN.add(self)
+
+    @property
+    def log(self) -> str:
+        return os.path.join(self.root, self._LOG_NAME)
+
+    @property
+    def pid(self) -> int | None:
+        """The process's pid while it runs."""
+        return self._process.pid if self.is_running() and self._process else None
+
+    def url(self, database: str = "postgres") -> str:
+        """A superuser URL of ``database`` on this port, password included."""
+        return f"postgresql://{SUPERUSER}:{self.password}@{HOST}:{self.port}/{database}"
+
+    def is_running(self) -> bool:
+        """Whether the process this object started is alive."""
+        return self._process is not None and self._process.poll() is None
+
+    def start(self) -> None:
+        """Start on its port and wait until it serves (accepts connections, or listens)."""
+        if self._closed:
+            raise RuntimeError(f"the {self._NOUN} in {self.root} is closed")
+        if not self.is_running() and not self._start():
+            raise RuntimeError(f"port {self.port} is in use; {self._NOUN} log:\n{_tail(self.log)}")
+
+    @abc.abstractmethod
+    def stop(self) -> None:
+        """Shut the process down; nothing when it does not run."""
+
+    def close(self) -> None:
+        """Stop the process and delete its directory (unless ``keep``); idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        _OPEN.discard(self)
+        try:
+            self.stop()
+        finally:
+            _remove(self.root, self.keep)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _start_on_free_port(self, *, explicit: bool) -> None:
+        """Start, on other free ports when this one is taken (unless it was ``explicit``)."""
+        for attempt in range(5):
+            if self._start():
+                return
+            if explicit or attempt == 4:
+                raise RuntimeError(self._port_taken())
+            self.port = _free_port()
+
+    def _port_taken(self) -> str:
+        """The message when the tries of _start_on_free_port ran out."""
+        return f"port {self.port} is in use"
+
+    @abc.abstractmethod
+    def _start(self) -> bool:
+        """Start the process; False when its port was taken by someone else meanwhile."""
+
+
+class PostgresServer(_Daemon):
     """A throwaway cluster in a temporary directory, on 127.0.0.1; make one with create()."""
+
+    _LOG_NAME = "server.log"
+    _NOUN = "server"
 
     def __init__(
         self,
@@ -130,16 +228,9 @@ class PostgresServer:
         options: Mapping[str, str],
         keep: bool = False,
     ) -> None:
+        super().__init__(root=root, port=port, password=password, os_user=os_user, keep=keep)
         self.bindir = bindir
-        self.root = root
-        self.port = port
-        self.password = password
-        self.os_user = os_user
         self.options = dict(options)
-        self.keep = keep
-        self._process: subprocess.Popen[str] | None = None
-        self._closed = False
-        _OPEN.add(self)
 
     @classmethod
     def create(
@@ -220,30 +311,6 @@ class PostgresServer:
     def data(self) -> str:
         return os.path.join(self.root, "data")
 
-    @property
-    def log(self) -> str:
-        return os.path.join(self.root, "server.log")
-
-    @property
-    def pid(self) -> int | None:
-        """The postmaster's pid while it runs."""
-        return self._process.pid if self.is_running() and self._process else None
-
-    def url(self, database: str = "postgres") -> str:
-        """A superuser URL of ``database``, password included."""
-        return f"postgresql://{SUPERUSER}:{self.password}@{HOST}:{self.port}/{database}"
-
-    def is_running(self) -> bool:
-        """Whether the postmaster this object started is alive."""
-        return self._process is not None and self._process.poll() is None
-
-    def start(self) -> None:
-        """Start the server on its port and wait until it accepts connections."""
-        if self._closed:
-            raise RuntimeError(f"the server in {self.root} is closed")
-        if not self.is_running() and not self._start():
-            raise RuntimeError(f"port {self.port} is in use; server log:\n{_tail(self.log)}")
-
     def stop(self, mode: StopMode = "fast") -> None:
         """Shut down in ``mode``, escalating to immediate and then SIGKILL if it takes too long."""
         process = self._process
@@ -281,28 +348,6 @@ class PostgresServer:
         self.stop()
         self.start()
 
-    def close(self) -> None:
-        """Stop the server and delete its directory (unless ``keep``); idempotent."""
-        if self._closed:
-            return
-        self._closed = True
-        _OPEN.discard(self)
-        try:
-            self.stop()
-        finally:
-            _remove(self.root, self.keep)
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
-
     def _initdb(self) -> None:
         pwfile = os.path.join(self.root, "pwfile")
         _write_private(pwfile, self.password + "\n", self)
@@ -338,14 +383,6 @@ class PostgresServer:
             cwd=self.root,
             stdin=f'CREATE DATABASE "{name}";\n',
         )
-
-    def _start_on_free_port(self, *, explicit: bool) -> None:
-        for attempt in range(5):
-            if self._start():
-                return
-            if explicit or attempt == 4:
-                raise RuntimeError(f"port {self.port} is in use")
-            self.port = _free_port()
 
     def _start(self) -> bool:
         """Start the postmaster; False when its port was taken by someone else meanwhile."""
@@ -397,8 +434,14 @@ class PostgresServer:
             return False
 
 
-class PgBouncer:
-    """PgBouncer in front of a PostgresServer on 127.0.0.1; the constructor starts it."""
+class PgBouncer(_Daemon):
+    """PgBouncer in front of a PostgresServer on 127.0.0.1; the constructor starts it.
+
+    Its directory is kept, like the server's, when the server's ``keep`` is set.
+    """
+
+    _LOG_NAME = "pgbouncer.log"
+    _NOUN = "PgBouncer"
 
     def __init__(
         self,
@@ -419,14 +462,13 @@ class PgBouncer:
             raise RuntimeError(
                 f"PgBouncer {_dotted(self.version)} has no max_prepared_statements (1.21+)"
             )
-        self.port = port or _free_port()
-        self.password = server.password
-        self.os_user = server.os_user
-        self.keep = server.keep
-        self._process: subprocess.Popen[str] | None = None
-        self._closed = False
-        self.root = _make_root(self.os_user, "pgbouncer-")
-        _OPEN.add(self)
+        super().__init__(
+            root=_make_root(server.os_user, "pgbouncer-"),
+            port=port or _free_port(),
+            password=server.password,
+            os_user=server.os_user,
+            keep=server.keep,
+        )
         self.settings = {
             "listen_addr": HOST,
             "unix_socket_dir": "",
@@ -458,30 +500,6 @@ class PgBouncer:
     def config(self) -> str:
         return os.path.join(self.root, "pgbouncer.ini")
 
-    @property
-    def log(self) -> str:
-        return os.path.join(self.root, "pgbouncer.log")
-
-    @property
-    def pid(self) -> int | None:
-        """PgBouncer's pid while it runs."""
-        return self._process.pid if self.is_running() and self._process else None
-
-    def url(self, database: str = "postgres") -> str:
-        """A superuser URL of ``database`` through PgBouncer, password included."""
-        return f"postgresql://{SUPERUSER}:{self.password}@{HOST}:{self.port}/{database}"
-
-    def is_running(self) -> bool:
-        """Whether the PgBouncer this object started is alive."""
-        return self._process is not None and self._process.poll() is None
-
-    def start(self) -> None:
-        """Start PgBouncer on its port and wait until it listens."""
-        if self._closed:
-            raise RuntimeError(f"the PgBouncer in {self.root} is closed")
-        if not self.is_running() and not self._start():
-            raise RuntimeError(f"port {self.port} is in use; PgBouncer log:\n{_tail(self.log)}")
-
     def stop(self) -> None:
         """Shut down at once (clients are disconnected), SIGKILL if it takes too long."""
         process = self._process
@@ -505,37 +523,8 @@ class PgBouncer:
             self._process.wait()
             self._process = None
 
-    def close(self) -> None:
-        """Stop PgBouncer and delete its directory (unless the server's ``keep``); idempotent."""
-        if self._closed:
-            return
-        self._closed = True
-        _OPEN.discard(self)
-        try:
-            self.stop()
-        finally:
-            _remove(self.root, self.keep)
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    def _start_on_free_port(self, *, explicit: bool) -> None:
-        for attempt in range(5):
-            if self._start():
-                return
-            if explicit or attempt == 4:
-                raise RuntimeError(
-                    f"PgBouncer cannot listen on port {self.port}; its log:\n{_tail(self.log)}"
-                )
-            self.port = _free_port()
+    def _port_taken(self) -> str:
+        return f"PgBouncer cannot listen on port {self.port}; its log:\n{_tail(self.log)}"
 
     def _start(self) -> bool:
         """Start PgBouncer; False when its port was taken by someone else meanwhile."""
@@ -575,7 +564,7 @@ class PgBouncer:
 
 # Strong references: a server nobody closed still runs, so it is closed when Python exits
 # instead of being left behind when its object is collected.
-_OPEN: set[PostgresServer | PgBouncer] = set()
+_OPEN: set[_Daemon] = set()
 
 
 @atexit.register
@@ -658,7 +647,7 @@ def _remove(root: str, keep: bool) -> None:
         shutil.rmtree(root, ignore_errors=True)
 
 
-def _write_private(path: str, text: str, owner: PostgresServer | PgBouncer) -> None:
+def _write_private(path: str, text: str, owner: _Daemon) -> None:
     """Write a file only the server's OS user may read: it holds the password."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as f:
