@@ -17,7 +17,13 @@ also sets ``VAR`` to the URL of an empty application database (``--database``, d
 server and sets ``TEST_PGBOUNCER_URL`` to the superuser URL of ``postgres`` through it; the
 ``--export`` URLs stay direct unless ``--export-via-pgbouncer`` (which implies
 ``--pgbouncer``) points them through PgBouncer. ``--replica`` also starts a streaming hot
-standby of the server and sets ``TEST_REPLICA_URL`` to the superuser URL of ``postgres`` on it.
+standby of the server and sets ``TEST_REPLICA_URL`` to the superuser URL of ``postgres`` on it;
+``--replica-delay S`` (which implies ``--replica``) makes it apply the WAL S seconds late
+(``recovery_min_apply_delay``), and each ``--export-replica VAR`` sets ``VAR`` to the
+application database's URL on it. With both kinds of export, the app runs with a replica:
+
+    python scripts/with_postgres.py --replica-delay 2 --export DATABASE_URL \
+        --export-replica DATABASE_REPLICA_URLS -- env MIGRATE_ON_STARTUP=true .venv/bin/app serve
 
 The script exits with the command's exit code and always stops every server and removes its
 directory, also on Ctrl-C, SIGTERM and SIGHUP: those reach the command, which gets 3 s to exit
@@ -139,6 +145,21 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also start a streaming standby; CMD gets TEST_REPLICA_URL",
     )
+    parser.add_argument(
+        "--replica-delay",
+        metavar="SECONDS",
+        type=float,
+        default=0.0,
+        help="the standby applies the WAL this late (implies --replica)",
+    )
+    parser.add_argument(
+        "--export-replica",
+        metavar="VAR",
+        action="append",
+        default=[],
+        help="also set VAR (repeatable) to the application database's URL on the standby "
+        "(implies --replica)",
+    )
     parser.add_argument("--port", type=int, help="listen on this port (default: a free one)")
     parser.add_argument("--bindir", help="where initdb and postgres are (default: search)")
     parser.add_argument(
@@ -161,7 +182,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         signal.signal(s, _record)
     try:
         bindir = find_bindir(args.bindir)
-        databases = [args.database] if args.export else []
+        databases = [args.database] if args.export or args.export_replica else []
         with ExitStack() as servers:
             server = servers.enter_context(
                 PostgresServer.create(bindir, args.port, databases, keep=args.keep)
@@ -177,11 +198,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                 shown.append(f"PgBouncer {version} is ready at {_masked(bouncer, databases)}")
                 if args.export_via_pgbouncer:
                     exported = bouncer
-            if args.replica:
+            if args.replica or args.replica_delay > 0 or args.export_replica:
                 _check_interrupted()
-                replica = servers.enter_context(server.standby())
+                replica = servers.enter_context(server.standby(args.replica_delay))
                 env["TEST_REPLICA_URL"] = replica.url()
-                shown.append(f"the streaming standby is ready at {_masked(replica, [])}")
+                env.update({var: replica.url(args.database) for var in args.export_replica})
+                late = f" ({args.replica_delay:g} s behind)" if args.replica_delay > 0 else ""
+                shown.append(
+                    f"the streaming standby{late} is ready at {_masked(replica, databases)}"
+                )
             env.update({var: exported.url(args.database) for var in args.export})
             for line in shown:
                 _log(line)

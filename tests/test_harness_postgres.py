@@ -3,6 +3,8 @@
 import glob
 import os
 import socket
+import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -238,3 +240,28 @@ def test_failed_start_raises_with_the_log_and_cleans_up(primary: PostgresServer)
         with pytest.raises(RuntimeError, match="Address already in use"):
             PgBouncer(primary, port=taken.getsockname()[1])
     assert set(glob.glob(os.path.join(tempfile.gettempdir(), "pgbouncer-*"))) == before
+
+
+CHECK_REPLICA = """
+import os, psycopg
+with psycopg.connect(os.environ["APP_URL"], autocommit=True) as primary:
+    primary.execute("CREATE TABLE notes (note text)")
+    lsn = primary.execute("SELECT pg_current_wal_insert_lsn()").fetchone()
+with psycopg.connect(os.environ["APP_REPLICA_URL"], autocommit=True) as replica:
+    print(replica.execute("SELECT pg_is_in_recovery(), current_database()").fetchone())
+    print(replica.execute("SHOW recovery_min_apply_delay").fetchone())
+    print(replica.execute("SELECT pg_last_wal_replay_lsn() >= %s", lsn).fetchone())
+"""
+
+
+def test_with_postgres_exports_a_late_replica_of_the_app_database() -> None:
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    script = os.path.join(root, "scripts", "with_postgres.py")
+    command = [sys.executable, script, "--replica-delay", "2", "--export", "APP_URL"]
+    command += ["--export-replica", "APP_REPLICA_URL", "--", sys.executable, "-c", CHECK_REPLICA]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stderr
+    # A hot standby of the app database, applying 2 s late: the table is not there yet.
+    assert result.stdout.splitlines() == ["(True, 'app')", "('2s',)", "(False,)"]
+    assert "the streaming standby (2 s behind) is ready at" in result.stderr
+    assert "***" in result.stderr
