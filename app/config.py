@@ -133,7 +133,7 @@ class Settings(BaseSettings):
     @field_validator("CORS_ORIGINS", mode="before")
     @classmethod
     def _split_origins(cls, value: Any) -> Any:
-        return _origins_in(value) if isinstance(value, str) else value
+        return _comma_separated(value) if isinstance(value, str) else value
 
     @field_validator("CORS_ORIGINS")
     @classmethod
@@ -168,10 +168,49 @@ class Settings(BaseSettings):
         "prepared statements, as PgBouncer's transaction pooling needs before 1.22",
     )
 
+    # Read replicas (docs/postgresql.md).
+    DATABASE_REPLICA_URLS: Annotated[list[str], NoDecode] = Field(
+        default=[],
+        description="comma-separated postgresql:// URLs of streaming replicas of DATABASE_URL; "
+        "reads run there, writes on DATABASE_URL; empty: every read on DATABASE_URL",
+    )
+    DB_REPLICA_MAX_LAG_SECONDS: PositiveFloat = Field(
+        default=5.0,
+        description="a replica further behind than this serves no reads until it catches up",
+    )
+    DB_REPLICA_CHECK_SECONDS: PositiveFloat = Field(
+        default=1.0, description="how often each replica's state and lag are checked"
+    )
+
+    @field_validator("DATABASE_REPLICA_URLS", mode="before")
+    @classmethod
+    def _split_replica_urls(cls, value: Any) -> Any:
+        return _comma_separated(value) if isinstance(value, str) else value
+
+    @field_validator("DATABASE_REPLICA_URLS")
+    @classmethod
+    def _check_replica_urls(cls, urls: list[str]) -> list[str]:
+        for n, url in enumerate(urls, 1):
+            scheme = url.partition("://")[0]
+            if scheme not in _REPLICA_SCHEMES:
+                # Never the URL itself: it holds a password.
+                raise ValueError(
+                    f"entry {n} must be a postgresql:// (or postgresql+psycopg://) URL, got "
+                    f"scheme {scheme!r}"
+                )
+        return urls
+
     @model_validator(mode="after")
     def _check(self) -> "Settings":
         # Fail at start, naming the setting, rather than at the first query or login.
         async_url(self)
+        if self.DATABASE_REPLICA_URLS and self.DATABASE_URL.partition("://")[0] not in (
+            _REPLICA_SCHEMES
+        ):
+            raise ValueError(
+                "DATABASE_REPLICA_URLS needs a PostgreSQL DATABASE_URL: replicas are "
+                "PostgreSQL streaming standbys of it (SQLite has none); unset it"
+            )
         if self.AUTH_ENABLED:
             check_secret_key(self.SECRET_KEY)
         return self
@@ -210,12 +249,13 @@ def check_secret_key(key: SecretStr | None) -> None:
         raise ValueError(f"SECRET_KEY looks like a placeholder, not a random value: {how}")
 
 
+_REPLICA_SCHEMES = ("postgresql", "postgresql+psycopg")
 _ORIGIN = re.compile(r"https?://[^/\s]+")
 
 
-def _origins_in(value: str) -> list[str]:
-    """``"https://a.example, https://b.example"`` -> the two origins; ``""`` -> none."""
-    return [origin.strip() for origin in value.split(",") if origin.strip()]
+def _comma_separated(value: str) -> list[str]:
+    """``"https://a.example, https://b.example"`` -> the two; ``""`` -> none."""
+    return [part.strip() for part in value.split(",") if part.strip()]
 
 
 def _check_origin(origin: str) -> None:
