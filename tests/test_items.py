@@ -120,19 +120,25 @@ def test_list_items_of_an_empty_database(client: TestClient) -> None:
     assert response.json() == []
 
 
-@pytest.mark.parametrize("query", ["skip=-1", "limit=0", "limit=1001", "limit=x", f"skip={2**63}"])
+@pytest.mark.parametrize(
+    "query",
+    ["skip=-1", "limit=0", "limit=1001", "limit=x", f"skip={2**63}", f"after_id={2**31}"],
+)
 def test_list_items_rejects_bad_bounds(client: TestClient, query: str) -> None:
     response = client.get(f"/items/?{query}")
     assert response.status_code == 422
     assert response.json()["detail"][0]["loc"][0] == "query"
 
 
-def test_list_items_accepts_limit_1000(client: TestClient) -> None:
+@pytest.mark.parametrize(
+    ("query", "found"), [("limit=1000&skip=0", 1), ("after_id=0", 1), (f"after_id={2**31 - 1}", 0)]
+)
+def test_list_items_accepts_the_bounds(client: TestClient, query: str, found: int) -> None:
     owner = create_user(client, "alice@example.com")["id"]
     create_item(client, owner, title="Pen")
-    response = client.get("/items/?limit=1000&skip=0")
+    response = client.get(f"/items/?{query}")
     assert response.status_code == 200
-    assert len(response.json()) == 1
+    assert len(response.json()) == found
 
 
 # Fetch, change and delete one item

@@ -124,6 +124,8 @@ def test_list_users_paginates_stably(client: TestClient) -> None:
         "skip=abc",
         "limit=1.5",
         f"skip={2**63}",  # beyond every database's integers
+        "after_id=-1",
+        f"after_id={2**31}",  # beyond the 32-bit id column
     ],
 )
 def test_list_users_rejects_bad_bounds(client: TestClient, query: str) -> None:
@@ -134,7 +136,15 @@ def test_list_users_rejects_bad_bounds(client: TestClient, query: str) -> None:
 
 @pytest.mark.parametrize(
     ("query", "found"),
-    [("limit=1000", 1), ("limit=1", 1), ("skip=0", 1), ("skip=1", 0), (f"skip={2**63 - 1}", 0)],
+    [
+        ("limit=1000", 1),
+        ("limit=1", 1),
+        ("skip=0", 1),
+        ("skip=1", 0),
+        (f"skip={2**63 - 1}", 0),
+        ("after_id=0", 1),
+        (f"after_id={2**31 - 1}", 0),
+    ],
 )
 def test_list_users_accepts_the_bounds(client: TestClient, query: str, found: int) -> None:
     create_user(client, "alice@example.com")

@@ -18,7 +18,7 @@ AfterId = Annotated[
     int | None,
     Query(
         ge=0,
-        le=_BIGINT_MAX,
+        le=_INTEGER_MAX,
         description="keyset pagination: only rows with a larger id (pass the last id of the "
         "previous page); unlike skip, its cost does not grow with the page's depth",
     ),
