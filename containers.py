@@ -126,7 +126,7 @@ def build_replica_engines(s: Settings) -> list[Engine]:
     return engines
 
 
-def build_replicas(s: Settings, engines: list[Engine]) -> ReplicaSet | None:
+def build_replicas(s: Settings, primary: Engine, engines: list[Engine]) -> ReplicaSet | None:
     """The replicas that reads may run on, ``replica-1`` first; None without any: every
     read on the primary, as without this feature."""
     if not engines:
@@ -137,6 +137,7 @@ def build_replicas(s: Settings, engines: list[Engine]) -> ReplicaSet | None:
     ]
     return ReplicaSet(
         replicas,
+        primary=primary,
         max_lag=s.DB_REPLICA_MAX_LAG_SECONDS,
         check_interval=s.DB_REPLICA_CHECK_SECONDS,
         metrics_enabled=s.METRICS_ENABLED,
@@ -216,7 +217,7 @@ class Container(containers.DeclarativeContainer):
 
     # Read replicas (DATABASE_REPLICA_URLS): sync engines for Read units only; None without.
     replica_engines = providers.ThreadSafeSingleton(build_replica_engines, settings)
-    replicas = providers.ThreadSafeSingleton(build_replicas, settings, replica_engines)
+    replicas = providers.ThreadSafeSingleton(build_replicas, settings, engine, replica_engines)
 
     gates = providers.ThreadSafeSingleton(build_gates, settings, engine)
     reader = providers.ThreadSafeSingleton(

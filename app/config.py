@@ -35,6 +35,17 @@ def _none(value: Any) -> Any:
     return None if isinstance(value, str) and value.strip().lower() in ("none", "null") else value
 
 
+def _comma_separated(value: Any) -> Any:
+    """``"https://a.example, https://b.example"`` -> the two; ``""`` -> none."""
+    if not isinstance(value, str):
+        return value
+    return [part.strip() for part in value.split(",") if part.strip()]
+
+
+CommaSeparated = Annotated[list[str], NoDecode, BeforeValidator(_comma_separated)]
+"""A list setting written as one comma-separated string (pydantic-settings would want JSON)."""
+
+
 class Settings(BaseSettings):
     """Every knob of the service; names are the environment variables that set them."""
 
@@ -114,7 +125,7 @@ class Settings(BaseSettings):
         default=1024 * 1024,
         description="largest request body; a larger one gets 413 before the rest is read",
     )
-    CORS_ORIGINS: Annotated[list[str], NoDecode] = Field(
+    CORS_ORIGINS: CommaSeparated = Field(
         default=[],
         description="comma-separated origins (https://app.example.com) whose pages may call "
         "the API from a browser; empty: no CORS headers at all",
@@ -129,11 +140,6 @@ class Settings(BaseSettings):
     LOGIN_MAX_ATTEMPTS_PER_MINUTE: PositiveInt = Field(
         default=30, description="logins one client address may try per minute"
     )
-
-    @field_validator("CORS_ORIGINS", mode="before")
-    @classmethod
-    def _split_origins(cls, value: Any) -> Any:
-        return _comma_separated(value) if isinstance(value, str) else value
 
     @field_validator("CORS_ORIGINS")
     @classmethod
@@ -169,7 +175,7 @@ class Settings(BaseSettings):
     )
 
     # Read replicas (docs/postgresql.md).
-    DATABASE_REPLICA_URLS: Annotated[list[str], NoDecode] = Field(
+    DATABASE_REPLICA_URLS: CommaSeparated = Field(
         default=[],
         description="comma-separated postgresql:// URLs of streaming replicas of DATABASE_URL; "
         "reads run there, writes on DATABASE_URL; empty: every read on DATABASE_URL",
@@ -181,11 +187,6 @@ class Settings(BaseSettings):
     DB_REPLICA_CHECK_SECONDS: PositiveFloat = Field(
         default=1.0, description="how often each replica's state and lag are checked"
     )
-
-    @field_validator("DATABASE_REPLICA_URLS", mode="before")
-    @classmethod
-    def _split_replica_urls(cls, value: Any) -> Any:
-        return _comma_separated(value) if isinstance(value, str) else value
 
     @field_validator("DATABASE_REPLICA_URLS")
     @classmethod
@@ -251,11 +252,6 @@ def check_secret_key(key: SecretStr | None) -> None:
 
 _REPLICA_SCHEMES = ("postgresql", "postgresql+psycopg")
 _ORIGIN = re.compile(r"https?://[^/\s]+")
-
-
-def _comma_separated(value: str) -> list[str]:
-    """``"https://a.example, https://b.example"`` -> the two; ``""`` -> none."""
-    return [part.strip() for part in value.split(",") if part.strip()]
 
 
 def _check_origin(origin: str) -> None:

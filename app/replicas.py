@@ -13,6 +13,7 @@ import logging
 import math
 import re
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -42,13 +43,15 @@ CHECK_TIMEOUT_SECONDS = 2.0
 
 _LSN = re.compile(r"([0-9A-Fa-f]{1,8})/([0-9A-Fa-f]{1,8})")
 # What a server has replayed: a standby's replay position; a server out of recovery (a
-# promoted standby, or a replica URL that names a primary) has everything it wrote.
+# promoted standby, or a replica URL that names the primary) sees all it has inserted.
 _REPLAYED = (
-    "CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END"
+    "CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() "
+    "ELSE pg_current_wal_insert_lsn() END"
 )
 _POSITION = text(f"SELECT ({_REPLAYED})::text")
-# Lag: none when it has replayed all it received, else the age of the last transaction it
-# replayed (an overestimate after an idle spell, until it has replayed the new WAL).
+# The replica's own view of its lag: none when it has replayed all it received, else the age
+# of the last transaction it replayed (an overestimate after an idle spell, until it has
+# replayed the new WAL). Blind to WAL the primary has not sent yet: see ReplicaSet._behind.
 _STATE = text(
     f"SELECT ({_REPLAYED})::text, CASE WHEN NOT pg_is_in_recovery() "
     "OR pg_last_wal_receive_lsn() IS NULL "
@@ -56,6 +59,8 @@ _STATE = text(
     "ELSE GREATEST(0, EXTRACT(EPOCH FROM now() - pg_last_xact_replay_timestamp())) END"
 )
 _INSERT_POSITION = "SELECT pg_current_wal_insert_lsn()::text"
+# What the primary has flushed, so may send: a replica can replay up to here.
+_FLUSHED = text("SELECT pg_current_wal_flush_lsn()::text")
 
 
 def parse_lsn(value: str) -> int | None:
@@ -126,6 +131,7 @@ class ReplicaSet:
         self,
         replicas: Sequence[Replica],
         *,
+        primary: Engine | None = None,
         max_lag: float,
         check_interval: float,
         check_timeout: float = CHECK_TIMEOUT_SECONDS,
@@ -134,14 +140,19 @@ class ReplicaSet:
         if not replicas:
             raise ValueError("a ReplicaSet needs at least one replica")
         self.replicas = tuple(replicas)
+        self.primary = primary
         self.max_lag = max_lag
         self.check_interval = check_interval
         self.check_timeout = check_timeout
         self.metrics_enabled = metrics_enabled
         self._turn = itertools.count()
         self._serving: dict[str, bool | None] = dict.fromkeys(r.name for r in self.replicas)
-        # The checks' own threads: they never wait behind requests for one.
-        self._limiter = anyio.CapacityLimiter(len(self.replicas))
+        self._flushed: deque[tuple[float, int]] = deque()
+        """(``time.monotonic()``, the primary's flushed WAL position then), oldest first,
+        one per check, going back a little further than ``max_lag``."""
+        # The checks' own threads (one per replica, one for the primary): they never wait
+        # behind requests for one.
+        self._limiter = anyio.CapacityLimiter(len(self.replicas) + 1)
 
     def serves(self, replica: Replica) -> bool:
         """Whether ``replica`` may serve reads now: up, and not too far behind."""
@@ -172,7 +183,9 @@ class ReplicaSet:
             metrics.count_read(name)
 
     async def check(self) -> None:
-        """Check every replica once, at the same time; each check within ``check_timeout``."""
+        """Note where the primary is, then check every replica once, at the same time; each
+        within ``check_timeout``."""
+        await self._sample_primary()
         async with anyio.create_task_group() as group:
             for replica in self.replicas:
                 group.start_soon(self._check, replica)
@@ -200,13 +213,52 @@ class ReplicaSet:
                 replica.problem = f"no answer to its check within {self.check_timeout:g}s"
             replica.up, replica.lag = False, None
         else:
-            replayed, replica.lag = state
+            replayed, own_lag = state
+            replica.lag = max(own_lag, self._behind(replayed, time.monotonic()))
             replica.up = True
             replica.saw_replayed(replayed)
             replica.problem = (
                 f"{replica.lag:.1f}s behind (DB_REPLICA_MAX_LAG_SECONDS={self.max_lag:g})"
             )
         self._observe(replica)
+
+    async def _sample_primary(self) -> None:
+        if self.primary is None:
+            return
+        position: int | None = None
+        with anyio.move_on_after(self.check_timeout):
+            position = await anyio.to_thread.run_sync(
+                self._primary_position, limiter=self._limiter, abandon_on_cancel=True
+            )
+        if position is None:
+            return  # down or too busy to say: see _behind
+        now = time.monotonic()
+        self._flushed.append((now, position))
+        keep = now - self.max_lag - 2 * self.check_interval
+        while len(self._flushed) > 1 and self._flushed[1][0] < keep:
+            self._flushed.popleft()
+
+    def _primary_position(self) -> int | None:
+        assert self.primary is not None
+        try:
+            with self.primary.connect() as connection:
+                connection.execution_options(isolation_level="AUTOCOMMIT")
+                return parse_lsn(connection.execute(_FLUSHED).scalar() or "")
+        except SQLAlchemyError:
+            return None
+
+    def _behind(self, replayed: int, now: float) -> float:
+        """How long ago the primary had flushed WAL that the replica has not replayed yet:
+        its lag, to within a check, whether or not the replica has received that WAL. 0 when
+        it has replayed what the primary had flushed at the last check, and when the primary
+        has not said for longer than ``max_lag`` (it is down): then the replicas' own view of
+        their lag is all there is, and reads go on from them."""
+        if not self._flushed or now - self._flushed[-1][0] > self.max_lag:
+            return 0.0
+        for at, position in self._flushed:
+            if position > replayed:
+                return now - at
+        return 0.0
 
     def _probe(self, replica: Replica) -> tuple[int, float] | None:
         """Its replay position and lag, in one round trip; None when it cannot be reached."""
