@@ -1,6 +1,7 @@
 """The composition root: the only place that builds engines, session factories and services."""
 
 import math
+from functools import partial
 from typing import Any, NamedTuple
 
 from dependency_injector import containers, providers
@@ -13,6 +14,7 @@ from sqlalchemy.pool import AssertionPool, AsyncAdaptedQueuePool, QueuePool, Sta
 from app import sqlite
 from app.auth import Authenticator
 from app.config import Settings, async_url, settings
+from app.replicas import Replica, ReplicaSet
 from app.security import Passwords, Tokens
 from app.services import ItemService, UserService
 from app.throttle import LoginThrottle
@@ -27,9 +29,12 @@ __all__ = [
     "build_async_engine",
     "build_engine",
     "build_gates",
+    "build_replica_engines",
+    "build_replicas",
     "container",
     "dispose_engines",
     "inline_read_budget",
+    "replicas_configured",
     "reset_request_path",
     "write_batch_size",
 ]
@@ -39,9 +44,9 @@ _LIBPQ_DRIVERS = ("psycopg", "psycopg_async", "psycopg2")
 _PSYCOPG_DRIVERS = ("psycopg", "psycopg_async")
 
 
-def _sync_url(s: Settings) -> str:
-    scheme, _, rest = s.DATABASE_URL.partition("://")
-    return f"postgresql+psycopg://{rest}" if scheme == "postgresql" else s.DATABASE_URL
+def _sync_url(url: str) -> str:
+    scheme, _, rest = url.partition("://")
+    return f"postgresql+psycopg://{rest}" if scheme == "postgresql" else url
 
 
 def _server_options(url: str, s: Settings) -> dict[str, Any]:
@@ -98,7 +103,7 @@ def _install_sqlite_hooks(engine: Engine, s: Settings) -> None:
 
 
 def build_engine(s: Settings) -> Engine:
-    url, options = _engine_options(_sync_url(s), s, is_async=False)
+    url, options = _engine_options(_sync_url(s.DATABASE_URL), s, is_async=False)
     engine = create_engine(url, echo=s.ECHO_SQL, hide_parameters=True, **options)
     _install_sqlite_hooks(engine, s)
     return engine
@@ -109,6 +114,38 @@ def build_async_engine(s: Settings) -> AsyncEngine:
     engine = create_async_engine(url, echo=s.ECHO_SQL, hide_parameters=True, **options)
     _install_sqlite_hooks(engine.sync_engine, s)
     return engine
+
+
+def build_replica_engines(s: Settings) -> list[Engine]:
+    """A sync engine per DATABASE_REPLICA_URLS entry, with the primary's options: pool,
+    pre-ping, connect timeout, DB_PREPARE_THRESHOLD, hidden parameters."""
+    engines = []
+    for replica_url in s.DATABASE_REPLICA_URLS:
+        url, options = _engine_options(_sync_url(replica_url), s, is_async=False)
+        engines.append(create_engine(url, echo=s.ECHO_SQL, hide_parameters=True, **options))
+    return engines
+
+
+def build_replicas(s: Settings, primary: Engine, engines: list[Engine]) -> ReplicaSet | None:
+    """The replicas that reads may run on, ``replica-1`` first; None without any: every
+    read on the primary, as without this feature."""
+    if not engines:
+        return None
+    replicas = [
+        Replica(f"replica-{n}", engine, partial(Session, bind=engine, expire_on_commit=False))
+        for n, engine in enumerate(engines, 1)
+    ]
+    return ReplicaSet(
+        replicas,
+        primary=primary,
+        max_lag=s.DB_REPLICA_MAX_LAG_SECONDS,
+        check_interval=s.DB_REPLICA_CHECK_SECONDS,
+        metrics_enabled=s.METRICS_ENABLED,
+    )
+
+
+def _has(replicas: ReplicaSet | None) -> bool:
+    return replicas is not None
 
 
 SQLITE_CONCURRENT_READS = 2
@@ -178,18 +215,24 @@ class Container(containers.DeclarativeContainer):
     session = providers.Factory(Session, bind=engine, expire_on_commit=False)
     async_session = providers.Factory(AsyncSession, bind=async_engine, expire_on_commit=False)
 
+    # Read replicas (DATABASE_REPLICA_URLS): sync engines for Read units only; None without.
+    replica_engines = providers.ThreadSafeSingleton(build_replica_engines, settings)
+    replicas = providers.ThreadSafeSingleton(build_replicas, settings, engine, replica_engines)
+
     gates = providers.ThreadSafeSingleton(build_gates, settings, engine)
     reader = providers.ThreadSafeSingleton(
         Reader,
         gates.provided.read,
         session.provider,
         inline_budget=providers.Callable(inline_read_budget, settings, engine),
+        replicas=replicas,
     )
     writer = providers.ThreadSafeSingleton(
         Writer,
         gates.provided.write,
         session.provider,
         batch_size=providers.Callable(write_batch_size, settings, engine),
+        wal_positions=providers.Callable(_has, replicas),
     )
 
     password_hasher = providers.Singleton(PasswordHash.recommended)
@@ -224,12 +267,19 @@ class Container(containers.DeclarativeContainer):
 container = Container()
 
 
+def replicas_configured(c: Container = container) -> bool:
+    """Whether reads may go to replicas (DATABASE_REPLICA_URLS, or an override of
+    ``replica_engines``), without building anything."""
+    return bool(c.settings().DATABASE_REPLICA_URLS or c.replica_engines.overridden)
+
+
 def reset_request_path(c: Container = container) -> None:
-    """Build the singletons that requests use (gates, units of work, password hashing, tokens,
-    the login throttle, the authenticator) afresh at next use, from the current settings,
-    engine and hasher: the app does this at startup, so it never serves with what a previous
-    run built."""
+    """Build the singletons that requests use (the replica set, gates, units of work,
+    password hashing, tokens, the login throttle, the authenticator) afresh at next use, from
+    the current settings, engines and hasher: the app does this at startup, so it never
+    serves with what a previous run built."""
     for provider in (
+        c.replicas,
         c.gates,
         c.reader,
         c.writer,
@@ -243,6 +293,10 @@ def reset_request_path(c: Container = container) -> None:
 
 async def dispose_engines(c: Container = container) -> None:
     """Close the pools of the container's own engines; overrides belong to whoever set them."""
+    if not c.replica_engines.overridden:
+        for replica_engine in c.replica_engines():
+            replica_engine.dispose()
+        c.replica_engines.reset()
     if not c.async_engine.overridden:
         await c.async_engine().dispose()
         c.async_engine.reset()

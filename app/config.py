@@ -35,6 +35,17 @@ def _none(value: Any) -> Any:
     return None if isinstance(value, str) and value.strip().lower() in ("none", "null") else value
 
 
+def _comma_separated(value: Any) -> Any:
+    """``"https://a.example, https://b.example"`` -> the two; ``""`` -> none."""
+    if not isinstance(value, str):
+        return value
+    return [part.strip() for part in value.split(",") if part.strip()]
+
+
+CommaSeparated = Annotated[list[str], NoDecode, BeforeValidator(_comma_separated)]
+"""A list setting written as one comma-separated string (pydantic-settings would want JSON)."""
+
+
 class Settings(BaseSettings):
     """Every knob of the service; names are the environment variables that set them."""
 
@@ -114,7 +125,7 @@ class Settings(BaseSettings):
         default=1024 * 1024,
         description="largest request body; a larger one gets 413 before the rest is read",
     )
-    CORS_ORIGINS: Annotated[list[str], NoDecode] = Field(
+    CORS_ORIGINS: CommaSeparated = Field(
         default=[],
         description="comma-separated origins (https://app.example.com) whose pages may call "
         "the API from a browser; empty: no CORS headers at all",
@@ -129,11 +140,6 @@ class Settings(BaseSettings):
     LOGIN_MAX_ATTEMPTS_PER_MINUTE: PositiveInt = Field(
         default=30, description="logins one client address may try per minute"
     )
-
-    @field_validator("CORS_ORIGINS", mode="before")
-    @classmethod
-    def _split_origins(cls, value: Any) -> Any:
-        return _origins_in(value) if isinstance(value, str) else value
 
     @field_validator("CORS_ORIGINS")
     @classmethod
@@ -168,10 +174,44 @@ class Settings(BaseSettings):
         "prepared statements, as PgBouncer's transaction pooling needs before 1.22",
     )
 
+    # Read replicas (docs/postgresql.md).
+    DATABASE_REPLICA_URLS: CommaSeparated = Field(
+        default=[],
+        description="comma-separated postgresql:// URLs of streaming replicas of DATABASE_URL; "
+        "reads run there, writes on DATABASE_URL; empty: every read on DATABASE_URL",
+    )
+    DB_REPLICA_MAX_LAG_SECONDS: PositiveFloat = Field(
+        default=5.0,
+        description="a replica further behind than this serves no reads until it catches up",
+    )
+    DB_REPLICA_CHECK_SECONDS: PositiveFloat = Field(
+        default=1.0, description="how often each replica's state and lag are checked"
+    )
+
+    @field_validator("DATABASE_REPLICA_URLS")
+    @classmethod
+    def _check_replica_urls(cls, urls: list[str]) -> list[str]:
+        for n, url in enumerate(urls, 1):
+            scheme = url.partition("://")[0]
+            if scheme not in _REPLICA_SCHEMES:
+                # Never the URL itself: it holds a password.
+                raise ValueError(
+                    f"entry {n} must be a postgresql:// (or postgresql+psycopg://) URL, got "
+                    f"scheme {scheme!r}"
+                )
+        return urls
+
     @model_validator(mode="after")
     def _check(self) -> "Settings":
         # Fail at start, naming the setting, rather than at the first query or login.
         async_url(self)
+        if self.DATABASE_REPLICA_URLS and self.DATABASE_URL.partition("://")[0] not in (
+            _REPLICA_SCHEMES
+        ):
+            raise ValueError(
+                "DATABASE_REPLICA_URLS needs a PostgreSQL DATABASE_URL: replicas are "
+                "PostgreSQL streaming standbys of it (SQLite has none); unset it"
+            )
         if self.AUTH_ENABLED:
             check_secret_key(self.SECRET_KEY)
         return self
@@ -210,12 +250,8 @@ def check_secret_key(key: SecretStr | None) -> None:
         raise ValueError(f"SECRET_KEY looks like a placeholder, not a random value: {how}")
 
 
+_REPLICA_SCHEMES = ("postgresql", "postgresql+psycopg")
 _ORIGIN = re.compile(r"https?://[^/\s]+")
-
-
-def _origins_in(value: str) -> list[str]:
-    """``"https://a.example, https://b.example"`` -> the two origins; ``""`` -> none."""
-    return [origin.strip() for origin in value.split(",") if origin.strip()]
 
 
 def _check_origin(origin: str) -> None:

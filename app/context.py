@@ -1,4 +1,5 @@
-"""What the code serving one request knows about it: its id and the time it waited at the gates.
+"""What the code serving one request knows about it: its id, the time it waited at the gates,
+and the WAL position its reads must see (read-your-writes with replicas).
 
 The request middleware (``app.telemetry``) starts a ``RequestContext`` for every request;
 anything below it reads it through ``current()``, on the event loop and in the worker threads
@@ -9,7 +10,16 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Literal
 
-__all__ = ["GateKind", "RequestContext", "add_gate_wait", "current", "request_id", "start"]
+__all__ = [
+    "GateKind",
+    "RequestContext",
+    "add_gate_wait",
+    "advance_wal_position",
+    "current",
+    "request_id",
+    "start",
+    "wal_position",
+]
 
 GateKind = Literal["read", "write"]
 
@@ -19,6 +29,9 @@ class RequestContext:
     request_id: str
     gate_wait: dict[GateKind, float] = field(default_factory=dict)
     """Seconds spent waiting for a gate slot, by kind of unit of work."""
+    wal_position: int | None = None
+    """The primary's WAL position (an LSN) that this request's reads must see: the one the
+    client brought, advanced by the writes it made (``app.consistency``)."""
 
     @property
     def total_gate_wait(self) -> float:
@@ -53,3 +66,18 @@ def add_gate_wait(kind: GateKind, seconds: float) -> None:
     context = _current.get()
     if context is not None:
         context.gate_wait[kind] = context.gate_wait.get(kind, 0.0) + seconds
+
+
+def wal_position() -> int | None:
+    """The WAL position the current request's reads must see, or None."""
+    context = _current.get()
+    return None if context is None else context.wal_position
+
+
+def advance_wal_position(position: int) -> None:
+    """A write of the current request committed before ``position``: its later reads, and
+    the client's next requests, must see it. ``Writer`` calls it on the event loop once the
+    unit has returned from its thread."""
+    context = _current.get()
+    if context is not None and (context.wal_position or 0) < position:
+        context.wal_position = position

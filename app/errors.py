@@ -26,22 +26,13 @@ from app.exceptions import (
 )
 from app.redaction import redacted, secret_names
 from app.schemas import HTTPError
+from app.transactions import DATABASE_FAILURES
 
 __all__ = ["BODY_ERRORS", "RETRY_AFTER_SECONDS", "install_error_handlers", "responses"]
 
 log = logging.getLogger("app")
 
-_UNAVAILABLE = (
-    DatabaseBusyError,
-    exc.OperationalError,
-    exc.InterfaceError,
-    # What psycopg raises when PgBouncer loses its server during a COMMIT ("received 2
-    # results from command 'COMMIT'"), and PostgreSQL's own XX000: the database, not the
-    # request, is at fault.
-    exc.InternalError,
-    exc.TimeoutError,
-    exc.DisconnectionError,
-)
+_UNAVAILABLE: tuple[type[Exception], ...] = (DatabaseBusyError, *DATABASE_FAILURES)
 RETRY_AFTER_SECONDS = "1"
 _BEARER = {"WWW-Authenticate": "Bearer"}
 

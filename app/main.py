@@ -15,13 +15,14 @@ from app import migrations, routers
 from app.admission import RequestLimit
 from app.body_limit import BodyLimit
 from app.config import Settings
+from app.consistency import ReadYourWrites
 from app.cors import add_cors
 from app.database import ensure_database_schema
 from app.errors import install_error_handlers
-from app.serving import serving
+from app.serving import monitoring, serving
 from app.telemetry import Telemetry
 from app.transactions import Reader, Writer
-from containers import container, dispose_engines, reset_request_path
+from containers import container, dispose_engines, replicas_configured, reset_request_path
 
 __all__ = ["app", "create_app", "lifespan"]
 
@@ -55,6 +56,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             f"this app was created with AUTH_ENABLED={app.state.auth_enabled}, and the "
             f"settings now say {s.AUTH_ENABLED}: call create_app() with the settings in place"
         )
+    if container.replicas() is not None and not app.state.read_your_writes:
+        raise RuntimeError(
+            "this app was created without replicas, and the container now has some: call "
+            "create_app() with DATABASE_REPLICA_URLS (or the replica_engines override) in place"
+        )
     engine: Engine = container.engine()
     anyio.to_thread.current_default_thread_limiter().total_tokens = s.THREADPOOL_SIZE
     app.state.max_concurrent_requests = s.MAX_CONCURRENT_REQUESTS
@@ -66,14 +72,15 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await anyio.to_thread.run_sync(ensure_database_schema)
     with serving(app, s, container):
         try:
-            yield
+            async with monitoring(container.replicas()):
+                yield
         finally:
             await dispose_engines(container)
 
 
 def create_app() -> FastAPI:
     """The app for the container's current settings: ``AUTH_ENABLED`` decides its routes,
-    ``MAX_BODY_BYTES`` and ``CORS_ORIGINS`` its middleware."""
+    ``MAX_BODY_BYTES``, ``CORS_ORIGINS`` and ``DATABASE_REPLICA_URLS`` its middleware."""
     auth_enabled = container.settings().AUTH_ENABLED
     app = FastAPIOffline(
         title="Users and items",
@@ -81,7 +88,10 @@ def create_app() -> FastAPI:
         lifespan=lifespan,
     )
     app.state.auth_enabled = auth_enabled
+    app.state.read_your_writes = replicas_configured(container)
     install_error_handlers(app)
+    if app.state.read_your_writes:
+        app.add_middleware(ReadYourWrites)  # innermost: only the requests that get served
     app.add_middleware(RequestLimit)
     app.add_middleware(BodyLimit, max_bytes=container.settings().MAX_BODY_BYTES)
     add_cors(app, container.settings().CORS_ORIGINS)  # outside both: refusals get CORS headers

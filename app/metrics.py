@@ -7,6 +7,7 @@ bounded: route templates, never raw paths; a fixed set of methods.
 """
 
 import glob
+import math
 import os
 import re
 import weakref
@@ -31,11 +32,13 @@ __all__ = [
     "CONTENT_TYPE",
     "MULTIPROC_DIR_ENV",
     "Unavailable",
+    "count_read",
     "count_unavailable",
     "exposition",
     "forget_dead_processes",
     "instrument_engine",
     "mark_process_dead",
+    "observe_replica",
     "observe_request",
     "request_started",
 ]
@@ -77,6 +80,25 @@ _CONNECTIONS = Gauge(
     ["engine"],
     multiprocess_mode="livesum",
 )
+_READS = Counter(
+    "db_reads_total",
+    "Read units of work answered, by the engine that ran them (engine: the primary, "
+    "replica-N: DATABASE_REPLICA_URLS' N-th); only with replicas configured",
+    ["engine"],
+)
+_REPLICA_UP = Gauge(
+    "db_replica_up",
+    "1 while a replica answers its checks, 0 while it is down (the lowest over all workers)",
+    ["engine"],
+    multiprocess_mode="livemin",
+)
+_REPLICA_LAG = Gauge(
+    "db_replica_lag_seconds",
+    "Seconds a replica is behind the primary, at its last check (the highest over all "
+    "workers); NaN while it is down",
+    ["engine"],
+    multiprocess_mode="livemax",
+)
 
 # Every cause and kind from the start, at 0: a series that appears only with its first
 # event makes rate() and alerts on it blind until then.
@@ -109,6 +131,15 @@ def observe_request(
 
 def count_unavailable(cause: Unavailable) -> None:
     _UNAVAILABLE.labels(cause).inc()
+
+
+def count_read(engine: str) -> None:
+    _READS.labels(engine).inc()
+
+
+def observe_replica(engine: str, *, up: bool, lag: float | None) -> None:
+    _REPLICA_UP.labels(engine).set(1 if up else 0)
+    _REPLICA_LAG.labels(engine).set(math.nan if lag is None else lag)
 
 
 def instrument_engine(engine: Engine, name: str) -> None:

@@ -7,6 +7,11 @@ that thread before it returns. A write commits when the work returns and rolls b
 raises, so no request half-commits, and the commit happens before the response is sent. A
 read runs in a read-only transaction: work that tries to write fails with
 ``WriteInReadError`` instead of being rolled back in silence.
+
+With replicas (``app.replicas``), a read runs on one of them unless the request must see a
+WAL position that none is known, or found, to have replayed; a write then leaves the
+primary's position after its commit in the request's context (``app.consistency`` hands it
+to the client).
 """
 
 import logging
@@ -21,15 +26,16 @@ from typing import Any, ClassVar, Concatenate, ParamSpec, TypeVar, cast
 
 import anyio
 import anyio.to_thread
-from sqlalchemy import Connection, event
+from sqlalchemy import Connection, event, exc
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, UOWTransaction
 
 from app import context
 from app.exceptions import DatabaseBusyError, WriteInReadError
+from app.replicas import Replica, ReplicaSet, insert_position, replayed_position
 from app.sqlite import BEGIN_MODE, QUERY_ONLY
 
-__all__ = ["Gate", "Reader", "Writer"]
+__all__ = ["DATABASE_FAILURES", "Gate", "Reader", "Writer"]
 
 log = logging.getLogger("app")
 
@@ -53,6 +59,27 @@ _PROGRESS_STEPS = 1000
 """SQLite virtual-machine steps between two looks at an inline read's clock (~10-50 µs)."""
 _PG_READ_ONLY = "25006"
 """SQLSTATE read_only_sql_transaction."""
+_PG_UNDEFINED = "42"
+"""SQLSTATE class of undefined tables, columns and functions (and of syntax errors)."""
+_COMMITTING = "app.committing"
+_COMMITTED_AT = "app.committed_at"
+"""``Session.info`` keys: the connection a tracked write commits on, then the primary's WAL
+position after that commit."""
+_PRIMARY = "engine"
+"""The primary's name in metrics (its engine provider's)."""
+
+DATABASE_FAILURES: tuple[type[Exception], ...] = (
+    exc.OperationalError,
+    exc.InterfaceError,
+    # What psycopg raises when PgBouncer loses its server during a COMMIT ("received 2
+    # results from command 'COMMIT'"), and PostgreSQL's own XX000: the database, not the
+    # request, is at fault.
+    exc.InternalError,
+    exc.TimeoutError,
+    exc.DisconnectionError,
+)
+"""Errors that say a database is down or unreachable, not that the work is wrong: a read
+that meets one on a replica runs again elsewhere."""
 
 
 class Gate:
@@ -124,6 +151,10 @@ class _OverBudgetError(Exception):
     """An inline read took too long for the event loop: it was interrupted, nothing lost."""
 
 
+class _NotReplayedError(Exception):
+    """The replica has not replayed the position the read must see (yet)."""
+
+
 class Reader(_Unit):
     """``await read(fn, *args)``: ``fn(session, *args)`` in a read-only transaction.
 
@@ -135,20 +166,44 @@ class Reader(_Unit):
     for a lock), the work runs on the event loop, saving the thread hop, which costs more
     than a short query; a read that keeps SQLite busy longer than the budget is interrupted
     and run again in a worker thread, so the event loop is never held long.
+
+    With ``replicas``, the work runs on a replica that serves reads, taking turns, and on
+    the primary (``sessions``) when none does. A request that must see a WAL position
+    (``app.context.wal_position()``) runs on a replica only if it is known to have replayed
+    it, or says so inside the read's transaction; else on the primary. A replica that fails
+    with a database error (``DATABASE_FAILURES``) is skipped from then on until its next good
+    check, and the work runs again on the next one, or on the primary: reads are idempotent.
+    A read that names a table or column the replica does not have (a migration it has not
+    replayed yet) runs again on the primary, which answers for good.
     """
 
     kind = "read"
 
     def __init__(
-        self, gate: Gate, sessions: SessionFactory, *, inline_budget: float | None = None
+        self,
+        gate: Gate,
+        sessions: SessionFactory,
+        *,
+        inline_budget: float | None = None,
+        replicas: ReplicaSet | None = None,
     ) -> None:
         super().__init__(gate, sessions)
         self.inline_budget = inline_budget
+        self.replicas = replicas
         self._slow_warned_at = -math.inf
 
     async def __call__(
         self, fn: Callable[Concatenate[Session, P], T], /, *args: P.args, **kwargs: P.kwargs
     ) -> T:
+        if self.replicas is not None:
+            position = context.wal_position()
+            await self._acquire()
+            try:
+                return await anyio.to_thread.run_sync(
+                    self._run_routed, self.replicas, fn, args, kwargs, position
+                )
+            finally:
+                self.gate.release()
         if self.inline_budget is None:
             return await super().__call__(fn, *args, **kwargs)
         await self._acquire()
@@ -175,14 +230,78 @@ class Reader(_Unit):
                 seconds * 1000,
             )
 
+    async def on_primary(
+        self, fn: Callable[Concatenate[Session, P], T], /, *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        """``fn(session, *args)`` in a read-only transaction on the primary, replicas or not."""
+        return await super().__call__(fn, *args, **kwargs)
+
+    def _run_routed(
+        self,
+        replicas: ReplicaSet,
+        fn: Callable[..., T],
+        args: Any,
+        kwargs: Any,
+        position: int | None,
+    ) -> T:
+        for replica in replicas.candidates(position):
+            wait_for = None if position is None or replica.reached(position) else position
+            try:
+                result = self._run_on(replica, wait_for, fn, args, kwargs)
+            except _NotReplayedError:
+                break  # the primary has it
+            except DATABASE_FAILURES as error:
+                replicas.failed(replica, error)
+                continue
+            except exc.ProgrammingError as error:
+                if (_sqlstate(error) or "")[:2] != _PG_UNDEFINED:
+                    raise
+                break  # a migration it has not replayed yet, perhaps: the primary knows
+            replicas.served(replica.name)
+            return result
+        result = self._run(fn, args, kwargs)
+        replicas.served(_PRIMARY)
+        return result
+
+    def _run_on(
+        self,
+        replica: Replica,
+        position: int | None,
+        fn: Callable[..., T],
+        args: Any,
+        kwargs: Any,
+    ) -> T:
+        """The read on ``replica``; with ``position``, only if it has replayed that far."""
+
+        def caught_up(connection: Connection) -> None:
+            assert position is not None
+            replica.saw_replayed(replayed_position(connection))
+            if not replica.reached(position):
+                raise _NotReplayedError
+
+        return self._read(replica.sessions, fn, args, kwargs, check=caught_up if position else None)
+
     def _run(self, fn: Callable[..., T], args: Any, kwargs: Any, budget: float = 0) -> T:
-        with self.sessions() as session:
+        return self._read(self.sessions, fn, args, kwargs, budget)
+
+    def _read(
+        self,
+        sessions: SessionFactory,
+        fn: Callable[..., T],
+        args: Any,
+        kwargs: Any,
+        budget: float = 0,
+        check: Callable[[Connection], None] | None = None,
+    ) -> T:
+        with sessions() as session:
             session.info[_READ_ONLY] = True
             driver: sqlite3.Connection | None = None
             if not isinstance(session.bind, Connection):
                 # A session bound to a Connection joins the caller's transaction (tests'
                 # SAVEPOINT recipe), whose mode it cannot change: the flush guard remains.
                 connection = session.connection(execution_options=_READ_OPTIONS)
+                if check is not None:
+                    check(connection)
                 if budget:
                     driver = cast(sqlite3.Connection, connection.connection.driver_connection)
                     deadline = time.thread_time() + budget
@@ -232,13 +351,28 @@ class Writer(_Unit):
     again in a transaction of its own, so a failing write takes nobody else down and no
     write half-commits; so a unit of work may run twice, and must keep its side effects in
     the database.
+
+    With ``wal_positions`` (PostgreSQL with replicas), each write then reads the primary's
+    WAL position on the connection it committed on (one more round trip) and advances the
+    request's (``app.context.advance_wal_position``): the request's later reads, and the
+    client's, must see it.
     """
 
     kind = "write"
 
-    def __init__(self, gate: Gate, sessions: SessionFactory, *, batch_size: int = 1) -> None:
+    def __init__(
+        self,
+        gate: Gate,
+        sessions: SessionFactory,
+        *,
+        batch_size: int = 1,
+        wal_positions: bool = False,
+    ) -> None:
         super().__init__(gate, sessions)
+        if wal_positions and batch_size > 1:
+            raise ValueError("WAL positions are for PostgreSQL: its writes come one at a time")
         self.batch_size = batch_size
+        self.wal_positions = wal_positions
         self._queue: deque[_Job] = deque()
         self._leading = False
         self._batch_done: anyio.Event | None = None
@@ -246,6 +380,16 @@ class Writer(_Unit):
     async def __call__(
         self, fn: Callable[Concatenate[Session, P], T], /, *args: P.args, **kwargs: P.kwargs
     ) -> T:
+        if self.wal_positions:
+            await self._acquire()
+            try:
+                written, position = await anyio.to_thread.run_sync(
+                    self._run_tracked, fn, args, kwargs
+                )
+            finally:
+                self.gate.release()
+            context.advance_wal_position(position)
+            return written
         if self.batch_size == 1:
             return await super().__call__(fn, *args, **kwargs)
         job = _Job(fn, args, kwargs, queued_at=time.perf_counter())
@@ -315,6 +459,15 @@ class Writer(_Unit):
         with self.sessions() as session, session.begin():
             return fn(session, *args, **kwargs)
 
+    def _run_tracked(self, fn: Callable[..., T], args: Any, kwargs: Any) -> tuple[T, int]:
+        with self.sessions() as session:
+            with session.begin():
+                result = fn(session, *args, **kwargs)
+                if not isinstance(session.bind, Connection):  # else it commits nothing
+                    # _note_commit_position reads it after COMMIT, before it goes back to the pool.
+                    session.info[_COMMITTING] = session.connection()
+            return result, session.info.pop(_COMMITTED_AT, 0)
+
 
 @event.listens_for(Session, "before_flush")
 def _refuse_flush_in_reads(session: Session, context: UOWTransaction, instances: Any) -> None:
@@ -323,6 +476,14 @@ def _refuse_flush_in_reads(session: Session, context: UOWTransaction, instances:
             f"tried to flush {len(session.new)} new, {len(session.dirty)} changed and "
             f"{len(session.deleted)} deleted objects in a read-only transaction; use Write"
         )
+
+
+@event.listens_for(Session, "after_commit")
+def _note_commit_position(session: Session) -> None:
+    # A position read inside the transaction would be before its commit record.
+    connection: Connection | None = session.info.pop(_COMMITTING, None)
+    if connection is not None:
+        session.info[_COMMITTED_AT] = insert_position(connection.connection.driver_connection)
 
 
 def _code(error: DBAPIError) -> int:

@@ -12,6 +12,7 @@ from bench.floor import floor_table
 from bench.growth import GROWTH, TINY, growth_table
 from bench.micro import provider_table, session_table
 from bench.operations import overhead_table
+from bench.replicas import replicas_missing, replicas_table
 from bench.report import Table, machine, render, summary
 from bench.web import WRK_MISSING, postgres_table, sqlite_tables
 
@@ -62,6 +63,13 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="only section 7: the cost of request ids, the access log and metrics",
     )
+    parser.add_argument(
+        "--replicas-only",
+        "--replicas",
+        action="store_true",
+        help="only section 8: reads with one streaming standby versus the primary only, "
+        "under writes (starts its own PostgreSQL primary and standby)",
+    )
     return parser
 
 
@@ -78,6 +86,20 @@ def _operations(
     )
 
 
+def _replicas(
+    folder: Path, args: argparse.Namespace, seconds: int, rounds: int, warmup: int
+) -> Table:
+    # The durations of section 5, the other one on PostgreSQL.
+    postgres_rounds = max(1, rounds - 1)
+    return replicas_table(
+        folder,
+        seconds=max(postgres_rounds, seconds * 3 // 4),
+        rounds=postgres_rounds,
+        warmup=warmup,
+        connections=args.connections,
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     quick: bool = args.quick
@@ -90,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     has_wrk = shutil.which("wrk") is not None
     started = time.monotonic()
     print(f"## Benchmarks{' (quick smoke run)' if quick else ''}\n\n{machine()}\n", flush=True)
-    if not postgres_url and not args.operations_only:
+    if not postgres_url and not args.operations_only and not args.replicas_only:
         print(f"{POSTGRES_MISSING}\n", flush=True)
     tables: list[Table] = []
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
@@ -100,6 +122,14 @@ def main(argv: list[str] | None = None) -> int:
                 print(WRK_MISSING)
                 return 1
             tables.append(_show(_operations(folder, args, seconds, rounds, warmup)))
+            print(summary(tables))
+            return 0
+        if args.replicas_only:
+            missing = replicas_missing() or ("" if has_wrk else WRK_MISSING)
+            if missing:
+                print(missing)
+                return 1
+            tables.append(_show(_replicas(folder, args, seconds, rounds, warmup)))
             print(summary(tables))
             return 0
         tables.append(_show(session_table(folder, quick=quick)))
@@ -143,6 +173,11 @@ def main(argv: list[str] | None = None) -> int:
                 tables.append(_show(table))
         if has_wrk:
             tables.append(_show(_operations(folder, args, seconds, rounds, warmup)))
+            missing = replicas_missing()
+            if missing:
+                print(f"{missing}\n", flush=True)
+            else:
+                tables.append(_show(_replicas(folder, args, seconds, rounds, warmup)))
     print(summary(tables))
     if not has_wrk:
         print("\nThe HTTP targets were not measured: wrk is not installed (see section 3).")

@@ -50,7 +50,7 @@ POSTGRES_APPS = ("app", "tutorial")
 SMALL = Dataset(users=100, items_per_user=10)
 WRK_SCRIPT = Path(__file__).with_name("wrk.lua")
 WRK_MISSING = (
-    "wrk is not installed, so the HTTP benchmarks (sections 3, 5 and 6) did not run. Install "
+    "wrk is not installed, so the HTTP benchmarks (sections 3, 5, 6 and 8) did not run. Install "
     "it with `sudo apt-get install wrk` (Debian/Ubuntu; .ci/run does this) or `brew install "
     "wrk` (macOS), then run `make bench` again."
 )

@@ -15,6 +15,7 @@ from sqlalchemy import create_engine, insert
 from app.database import Base
 from app.models import Item, User
 from app.testing.plugin import BACKEND, SERVER_URL
+from app.testing.postgres import missing_binaries
 from app.testing.server import LiveServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -65,6 +66,31 @@ def _check_http_rows(rows: list[list[str]], servers: int) -> None:
         rss = _numbers(row[-3])
         assert len(rss) == servers
         assert all(mib > 10 for mib in rss), row
+
+
+def _check_replicas_rows(rows: list[list[str]]) -> None:
+    """Section 8: both read requests, measured in A and B under writes; B's reads went to the
+    replica, A's database on the standby ran nothing."""
+    assert [row[0] for row in rows] == list(HTTP_REQUESTS[:2])
+    for row in rows:
+        assert len(row) == 14, row
+        assert _number(row[1]) > 0, f"A served no 2xx reads: {row}"
+        assert _number(row[2]) > 0, f"B served no 2xx reads: {row}"
+        assert _number(row[3]) > 0, f"no ratio B / A: {row}"
+        assert all(w > 0 for w in _numbers(row[6])), f"a configuration wrote nothing: {row}"
+        assert _number(row[11]) > 0, f"the replica served none of B's reads: {row}"
+        on_replica, on_primary = _numbers(row[12])
+        assert on_replica > 0, row
+        assert abs(on_replica * 100 / (on_replica + on_primary) - _number(row[11])) < 0.06, row
+        standby_a, standby_b = _numbers(row[13])
+        assert standby_a == 0, f"A's reads reached the standby: {row}"
+        assert standby_b > 0, f"B's reads did not reach the standby: {row}"
+
+
+def _replicas_can_run() -> bool:
+    return shutil.which("wrk") is not None and not [
+        name for name in missing_binaries() if name != "pgbouncer"
+    ]
 
 
 def test_quick_benchmark_prints_every_table_with_its_rows() -> None:
@@ -135,6 +161,11 @@ def test_quick_benchmark_prints_every_table_with_its_rows() -> None:
         assert operations[0][3].endswith(" %")
         assert operations[0][-1] in ("yes", "NO")
         targets += 1
+
+        if _replicas_can_run():
+            _check_replicas_rows(_table(tables, "8. Read replica"))
+        else:
+            assert "### 8. Read replica: not run" in result.stdout
 
         if postgres:
             pg = _table(tables, "5. HTTP under wrk on PostgreSQL")
