@@ -11,7 +11,7 @@ import math
 import os
 import re
 import weakref
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal, get_args
 
 from prometheus_client import (
@@ -34,6 +34,7 @@ __all__ = [
     "Unavailable",
     "count_read",
     "count_unavailable",
+    "declare_engines",
     "exposition",
     "forget_dead_processes",
     "instrument_engine",
@@ -135,6 +136,12 @@ def count_unavailable(cause: Unavailable) -> None:
 
 def count_read(engine: str) -> None:
     _READS.labels(engine).inc()
+
+
+def declare_engines(engines: Sequence[str]) -> None:
+    """``db_reads_total`` for each of ``engines`` at 0, before their first read."""
+    for engine in engines:
+        _READS.labels(engine)
 
 
 def observe_replica(engine: str, *, up: bool, lag: float | None) -> None:

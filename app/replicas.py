@@ -28,6 +28,7 @@ from app import metrics
 
 __all__ = [
     "CHECK_TIMEOUT_SECONDS",
+    "PRIMARY",
     "Replica",
     "ReplicaSet",
     "format_lsn",
@@ -38,6 +39,8 @@ __all__ = [
 
 log = logging.getLogger("app")
 
+PRIMARY = "engine"
+"""The primary's name in metrics and logs (its engine provider's)."""
 CHECK_TIMEOUT_SECONDS = 2.0
 """A replica whose check has not answered within this is unreachable until one does."""
 
@@ -145,6 +148,8 @@ class ReplicaSet:
         self.check_interval = check_interval
         self.check_timeout = check_timeout
         self.metrics_enabled = metrics_enabled
+        if metrics_enabled:
+            metrics.declare_engines([PRIMARY, *(r.name for r in self.replicas)])
         self._turn = itertools.count()
         self._serving: dict[str, bool | None] = dict.fromkeys(r.name for r in self.replicas)
         self._flushed: deque[tuple[float, int]] = deque()

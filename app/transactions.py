@@ -32,7 +32,7 @@ from sqlalchemy.orm import Session, UOWTransaction
 
 from app import context
 from app.exceptions import DatabaseBusyError, WriteInReadError
-from app.replicas import Replica, ReplicaSet, insert_position, replayed_position
+from app.replicas import PRIMARY, Replica, ReplicaSet, insert_position, replayed_position
 from app.sqlite import BEGIN_MODE, QUERY_ONLY
 
 __all__ = ["DATABASE_FAILURES", "Gate", "Reader", "Writer"]
@@ -65,8 +65,6 @@ _COMMITTING = "app.committing"
 _COMMITTED_AT = "app.committed_at"
 """``Session.info`` keys: the connection a tracked write commits on, then the primary's WAL
 position after that commit."""
-_PRIMARY = "engine"
-"""The primary's name in metrics (its engine provider's)."""
 
 DATABASE_FAILURES: tuple[type[Exception], ...] = (
     exc.OperationalError,
@@ -260,7 +258,7 @@ class Reader(_Unit):
             replicas.served(replica.name)
             return result
         result = self._run(fn, args, kwargs)
-        replicas.served(_PRIMARY)
+        replicas.served(PRIMARY)
         return result
 
     def _run_on(

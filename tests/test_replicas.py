@@ -126,6 +126,7 @@ def test_a_client_reads_its_writes_on_a_replica_2_s_behind(
         httpx2.Client(base_url=server.url) as writer,
         httpx2.Client(base_url=server.url) as stranger,
     ):
+        assert set(_reads_by_engine(writer)) == {"engine", "replica-1"}  # from the start, at 0
         owner = _user(writer)
         # Once it has the schema (the migration at startup), every read may go to it.
         _eventually(lambda: _replayed(lagging, primary), "the replica replaying the schema")
