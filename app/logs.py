@@ -34,9 +34,15 @@ class RequestIdFilter(logging.Filter):
         return True
 
 
+_last_second: tuple[int, str] = (-1, "")
+
+
 def _utc(record: logging.LogRecord) -> str:
-    seconds = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-    return f"{seconds}.{int(record.msecs):03d}Z"
+    global _last_second
+    second = int(record.created)
+    if second != _last_second[0]:  # formatted once a second, not once a record
+        _last_second = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
+    return f"{_last_second[1]}.{int(record.msecs):03d}Z"
 
 
 class TextFormatter(logging.Formatter):
@@ -50,6 +56,10 @@ class TextFormatter(logging.Formatter):
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)
         return line
+
+
+_JSON = json.JSONEncoder(default=str, ensure_ascii=False)
+"""One encoder for every line: ``json.dumps`` with options builds a new one each call."""
 
 
 class JsonFormatter(logging.Formatter):
@@ -70,7 +80,7 @@ class JsonFormatter(logging.Formatter):
         line.update((k, v) for k, v in record.__dict__.items() if k not in _RECORD_FIELDS)
         if record.exc_info:
             line["exception"] = self.formatException(record.exc_info)
-        return json.dumps(line, default=str, ensure_ascii=False)
+        return _JSON.encode(line)
 
 
 def logging_config(*, level: str, log_format: LogFormat, access_log: bool) -> dict[str, Any]:
