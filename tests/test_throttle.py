@@ -193,22 +193,38 @@ def two_workers(
         yield server, pinned_connections(server, stack)
 
 
+BURST = 8
+"""Connections opened at once by pinned_connections."""
+
+
 def pinned_connections(
     server: LiveServer, stack: contextlib.ExitStack
 ) -> list[http.client.HTTPConnection]:
-    """One keep-alive connection to each worker: which worker accepts a connection is up to
-    the kernel, so open some and keep one per worker."""
+    """One keep-alive connection to each worker. Which worker accepts a connection is up to
+    the kernel, and on a busy machine one worker can win every accept of connections opened
+    one after the other: so open them in bursts, whose requests keep one worker busy while
+    the other accepts, until each worker has one (30 s at most)."""
     pinned: dict[int, http.client.HTTPConnection] = {}
-    for _ in range(40):
+
+    def connect(_: int) -> http.client.HTTPConnection:
         connection = http.client.HTTPConnection(server.host, server.port, timeout=60)
-        stack.callback(connection.close)
         connection.request("GET", "/health")
         connection.getresponse().read()
-        pinned.setdefault(_served_by(server, connection.sock.getsockname()[1]), connection)
-        if len(pinned) == 2:
-            assert set(pinned) == set(server.worker_pids())
-            return list(pinned.values())
-    raise AssertionError(f"40 connections, all to one worker: {list(pinned)}")
+        return connection
+
+    deadline = time.monotonic() + 30
+    with ThreadPoolExecutor(max_workers=BURST) as pool:
+        while len(pinned) < 2 and time.monotonic() < deadline:
+            for connection in pool.map(connect, range(BURST)):
+                worker = _served_by(server, connection.sock.getsockname()[1])
+                if worker in pinned:
+                    connection.close()
+                else:
+                    pinned[worker] = connection
+                    stack.callback(connection.close)
+    assert len(pinned) == 2, f"30 s of connections, all to one worker: {list(pinned)}"
+    assert set(pinned) == set(server.worker_pids())
+    return list(pinned.values())
 
 
 def _served_by(server: LiveServer, client_port: int) -> int:
