@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 import psycopg
 
+from app.replicas import PRIMARY
 from app.testing.postgres import PostgresServer, missing_binaries
 from app.testing.server import LiveServer
 from bench.data import seed
@@ -49,7 +50,6 @@ Config = Literal["A", "B"]
 CONFIGS: tuple[Config, ...] = ("A", "B")
 _DATABASES: dict[Config, str] = {"A": "bench_primary_only", "B": "bench_with_replica"}
 _REPLICA = "replica-1"
-_PRIMARY = "engine"
 _REPLAY_TIMEOUT = 60.0
 _STATS_FLUSH = 1.5
 """PostgreSQL flushes a backend's statistics at most once a second, within a second of it
@@ -89,17 +89,12 @@ def _query(url: str, query: Any, *params: object) -> Any:
 
 
 def _wait_for_replay(primary: PostgresServer, standby: PostgresServer) -> float:
-    """Until the standby has replayed everything the primary wrote so far; seconds waited.
-
-    The primary's insert position rather than ``pg_current_wal_lsn()``: with
-    ``synchronous_commit=off`` the write position can still be before the last commit."""
+    """Until the standby has replayed everything the primary wrote so far; seconds waited."""
     started = time.monotonic()
-    target = _query(primary.url(), "SELECT pg_current_wal_insert_lsn()::text")
-    while not _query(standby.url(), "SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn", target):
+    while not standby.has_replayed(primary):
         if time.monotonic() - started > _REPLAY_TIMEOUT:
             raise RuntimeError(
-                f"the standby did not replay the primary's WAL up to {target} within "
-                f"{_REPLAY_TIMEOUT:.0f} s"
+                f"the standby did not replay the primary's WAL within {_REPLAY_TIMEOUT:.0f} s"
             )
         time.sleep(0.05)
     for database in _DATABASES.values():
@@ -225,45 +220,41 @@ def replicas_table(
         }
         pids = {config: server.worker_pids() for config, server in servers.items()}
         pool = stack.enter_context(ThreadPoolExecutor(max_workers=1))
-        served = {_REPLICA: 0.0, _PRIMARY: 0.0}
+        served = {_REPLICA: 0.0, PRIMARY: 0.0}
         standby_total = dict.fromkeys(CONFIGS, 0)
         a_reads_counted = 0.0
+
+        def run(config: Config, request: Request, seconds: int) -> _Run:
+            """One round of ``request`` under writes; then until the server is idle again."""
+            done = _load(
+                pool,
+                servers[config],
+                request,
+                seconds=seconds,
+                connections=connections,
+                writers=writers,
+            )
+            settle(pids[config])
+            return done
+
         for request in READS:
             progress(f"replicas, {request.label} under writes: A, B, {rounds} round(s) each")
             for config in CONFIGS if warmup else ():
-                _load(
-                    pool,
-                    servers[config],
-                    request,
-                    seconds=warmup,
-                    connections=connections,
-                    writers=writers,
-                )
-                settle(pids[config])
+                run(config, request, warmup)
             time.sleep(_STATS_FLUSH)
             metrics_before = {c: _reads_by_engine(servers[c]) for c in CONFIGS}
             standby_before = _standby_transactions(standby)
             done: dict[Config, list[_Run]] = {config: [] for config in CONFIGS}
             for round_ in range(rounds):
                 for config in CONFIGS[:: 1 if round_ % 2 == 0 else -1]:
-                    done[config].append(
-                        _load(
-                            pool,
-                            servers[config],
-                            request,
-                            seconds=round_seconds,
-                            connections=connections,
-                            writers=writers,
-                        )
-                    )
-                    settle(pids[config])
+                    done[config].append(run(config, request, round_seconds))
             time.sleep(_STATS_FLUSH)
             metrics_after = {c: _reads_by_engine(servers[c]) for c in CONFIGS}
             standby_after = _standby_transactions(standby)
             counted = {
                 c: {
                     engine: metrics_after[c].get(engine, 0.0) - metrics_before[c].get(engine, 0.0)
-                    for engine in (_REPLICA, _PRIMARY)
+                    for engine in (_REPLICA, PRIMARY)
                 }
                 for c in CONFIGS
             }
@@ -287,11 +278,11 @@ def replicas_table(
                 latency(writes["B"]),
                 _errors(reads["A"], reads["B"]),
                 _errors(writes["A"], writes["B"]),
-                _share(counted["B"][_REPLICA], counted["B"][_PRIMARY]),
-                f"{counted['B'][_REPLICA]:,.0f} / {counted['B'][_PRIMARY]:,.0f}",
+                _share(counted["B"][_REPLICA], counted["B"][PRIMARY]),
+                f"{counted['B'][_REPLICA]:,.0f} / {counted['B'][PRIMARY]:,.0f}",
                 f"{xacts['A']:,} / {xacts['B']:,}",
             )
-    replica, on_primary = served[_REPLICA], served[_PRIMARY]
+    replica, on_primary = served[_REPLICA], served[PRIMARY]
     table.notes = [
         f"The replica served {_share(replica, on_primary)} of B's measured reads "
         f"({replica:,.0f} of {replica + on_primary:,.0f}, db_reads_total in B's /metrics); "

@@ -12,11 +12,11 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx2
-import psycopg
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from app.consistency import COOKIE, HEADER
+from app.replicas import PRIMARY
 from app.testing.plugin import BACKEND, VIA_PGBOUNCER, settings_free_environ
 from app.testing.postgres import PostgresServer, missing_binaries
 from app.testing.server import LiveServer
@@ -92,17 +92,6 @@ def _reads_by_engine(client: httpx2.Client) -> dict[str, float]:
     return found
 
 
-def _replayed(standby: PostgresServer, primary: PostgresServer) -> bool:
-    """Whether ``standby`` has replayed every commit ``primary`` has made so far."""
-    with psycopg.connect(primary.url(), autocommit=True) as connection:
-        # Not pg_current_wal_lsn(): with synchronous_commit=off (the test servers') the WAL
-        # written so far may end before the last commit records.
-        row = connection.execute("SELECT pg_current_wal_insert_lsn()").fetchone()
-    with psycopg.connect(standby.url(), autocommit=True) as connection:
-        reached = connection.execute("SELECT pg_last_wal_replay_lsn() >= %s", row).fetchone()
-    return bool(reached and reached[0])
-
-
 def _user(client: httpx2.Client) -> int:
     response = client.post(
         "/users/", json={"email": f"{uuid.uuid4().hex}@example.com", "password": "pw"}
@@ -126,10 +115,10 @@ def test_a_client_reads_its_writes_on_a_replica_2_s_behind(
         httpx2.Client(base_url=server.url) as writer,
         httpx2.Client(base_url=server.url) as stranger,
     ):
-        assert set(_reads_by_engine(writer)) == {"engine", "replica-1"}  # from the start, at 0
+        assert set(_reads_by_engine(writer)) == {PRIMARY, "replica-1"}  # from the start, at 0
         owner = _user(writer)
         # Once it has the schema (the migration at startup), every read may go to it.
-        _eventually(lambda: _replayed(lagging, primary), "the replica replaying the schema")
+        _eventually(lambda: lagging.has_replayed(primary), "the replica replaying the schema")
         stale = 0
         for n in range(TRIES):
             created = writer.post(f"/users/{owner}/items/", json={"title": f"try {n}"})
@@ -155,7 +144,7 @@ def test_a_client_reads_its_writes_on_a_replica_2_s_behind(
 
         reads = _reads_by_engine(writer)
         assert reads.get("replica-1", 0) >= stale
-        assert reads.get("engine", 0) >= TRIES
+        assert reads.get(PRIMARY, 0) >= TRIES
 
 
 def test_a_replica_stopped_mid_load_costs_no_read(
@@ -165,7 +154,7 @@ def test_a_replica_stopped_mid_load_costs_no_read(
         owner = _user(client)
         for n in range(20):
             client.post(f"/users/{owner}/items/", json={"title": f"item {n}"})
-        _eventually(lambda: _replayed(standby, primary), "the standby replaying the items")
+        _eventually(lambda: standby.has_replayed(primary), "the standby replaying the items")
 
         def request(n: int) -> Request:
             return ("GET", f"/users/{owner}" if n % 2 else "/items/?limit=20", None)
@@ -212,7 +201,7 @@ def test_with_the_primary_down_reads_go_on_and_writes_resume_after(
     ):
         owner = _user(writer)
         item = writer.post(f"/users/{owner}/items/", json={"title": "before"}).json()
-        _eventually(lambda: _replayed(standby, primary), "the standby replaying the item")
+        _eventually(lambda: standby.has_replayed(primary), "the standby replaying the item")
         primary.stop()
         try:
             for client in (reader, writer):  # with and without the write's position
@@ -253,7 +242,7 @@ def test_a_replica_too_far_behind_serves_no_reads_until_it_catches_up(
         httpx2.Client(base_url=server.url) as stranger,
     ):
         owner = _user(writer)
-        _eventually(lambda: _replayed(lagging, primary), "the replica replaying the schema")
+        _eventually(lambda: lagging.has_replayed(primary), "the replica replaying the schema")
 
         def write(title: str) -> int:
             response = writer.post(f"/users/{owner}/items/", json={"title": title})
@@ -279,7 +268,7 @@ def test_a_replica_too_far_behind_serves_no_reads_until_it_catches_up(
         assert _reads_by_engine(writer).get("replica-1", 0) == on_replica
 
         # The writes stop; once it has caught up, it serves again.
-        _eventually(lambda: _replayed(lagging, primary), "the replica catching up")
+        _eventually(lambda: lagging.has_replayed(primary), "the replica catching up")
         _eventually(lambda: _health(stranger)["engines"]["replica-1"]["lag_seconds"] == 0, "lag 0")
         for _ in range(5):
             assert stranger.get(f"/users/{owner}").status_code == 200

@@ -307,6 +307,20 @@ class PostgresServer(_Daemon):
             raise
         return standby
 
+    def has_replayed(self, primary: PostgresServer) -> bool:
+        """Whether this standby has replayed every commit ``primary`` has made so far.
+
+        The primary's insert position, not ``pg_current_wal_lsn()``: with
+        ``synchronous_commit=off`` (``SERVER_OPTIONS``) the WAL written so far may end
+        before the last commit records."""
+        import psycopg  # not at the top: scripts/with_postgres.py runs without the venv
+
+        with psycopg.connect(primary.url(), autocommit=True, connect_timeout=10) as connection:
+            row = connection.execute("SELECT pg_current_wal_insert_lsn()").fetchone()
+        with psycopg.connect(self.url(), autocommit=True, connect_timeout=10) as connection:
+            reached = connection.execute("SELECT pg_last_wal_replay_lsn() >= %s", row).fetchone()
+        return bool(reached and reached[0])
+
     @property
     def data(self) -> str:
         return os.path.join(self.root, "data")
