@@ -24,7 +24,7 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from app.config import settings as s
-    from app.logs import logging_config
+    from app.observability.logs import logging_config
 
     log_level = args.log_level or s.LOG_LEVEL
     access_log = _or(args.access_log, s.ACCESS_LOG)

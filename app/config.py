@@ -21,6 +21,8 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from app.db import urls
+
 __all__ = ["Settings", "async_url", "check_secret_key", "settings"]
 
 SECRET_KEY_MIN_LENGTH = 32
@@ -264,28 +266,9 @@ def _check_origin(origin: str) -> None:
         )
 
 
-_ASYNC_DRIVERS = {
-    "sqlite": "sqlite+aiosqlite",
-    "sqlite+pysqlite": "sqlite+aiosqlite",
-    "sqlite+aiosqlite": "sqlite+aiosqlite",
-    "postgresql": "postgresql+psycopg",
-    "postgresql+psycopg": "postgresql+psycopg",
-    "postgresql+psycopg_async": "postgresql+psycopg_async",
-    "postgresql+asyncpg": "postgresql+asyncpg",
-}
-
-
 def async_url(settings: Settings) -> str:
     """The async engine's URL: ASYNC_DATABASE_URL, or DATABASE_URL with its async driver."""
-    if settings.ASYNC_DATABASE_URL:
-        return settings.ASYNC_DATABASE_URL
-    scheme, sep, rest = settings.DATABASE_URL.partition("://")
-    if not sep or scheme not in _ASYNC_DRIVERS:
-        raise ValueError(
-            f"DATABASE_URL must start with one of {', '.join(sorted(_ASYNC_DRIVERS))}:// "
-            f"(or set ASYNC_DATABASE_URL), got scheme {scheme!r}"
-        )
-    return f"{_ASYNC_DRIVERS[scheme]}://{rest}"
+    return urls.async_url(settings.DATABASE_URL, settings.ASYNC_DATABASE_URL)
 
 
 settings = Settings()

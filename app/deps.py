@@ -15,9 +15,10 @@ from fastapi.security.base import SecurityBase
 from fastapi.security.utils import get_authorization_scheme_param
 from starlette.requests import HTTPConnection
 
-from app.auth import Authenticator
+from app.auth.authenticator import Authenticator
 from app.services import ItemService, UserService
-from app.transactions import Reader, Writer
+from app.units.reader import Reader
+from app.units.writer import Writer
 from containers import Container, container
 
 __all__ = [

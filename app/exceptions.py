@@ -1,9 +1,14 @@
-"""Every exception the app raises on purpose; imports nothing, so raising one drags in nothing.
+"""Every exception the app raises on purpose, and the database failures it answers with a
+503; imports nothing of the app, so raising one drags in nothing.
 
-``app.errors`` turns them into HTTP answers.
+``app.web.errors`` turns them into HTTP answers.
 """
 
+from sqlalchemy import exc
+
 __all__ = [
+    "DATABASE_FAILURES",
+    "RETRY_AFTER_SECONDS",
     "DatabaseBusyError",
     "EmailAlreadyRegisteredError",
     "InactiveUserError",
@@ -16,6 +21,21 @@ __all__ = [
     "UnversionedDatabaseError",
     "WriteInReadError",
 ]
+
+DATABASE_FAILURES: tuple[type[Exception], ...] = (
+    exc.OperationalError,
+    exc.InterfaceError,
+    # What psycopg raises when PgBouncer loses its server during a COMMIT ("received 2
+    # results from command 'COMMIT'"), and PostgreSQL's own XX000: the database, not the
+    # request, is at fault.
+    exc.InternalError,
+    exc.TimeoutError,
+    exc.DisconnectionError,
+)
+"""Errors that say a database is down or unreachable, not that the work is wrong: a 503 for
+the request, and a read that meets one on a replica runs again elsewhere."""
+RETRY_AFTER_SECONDS = "1"
+"""The ``Retry-After`` of every 503: the database or the process is busy, not broken."""
 
 
 class DatabaseBusyError(Exception):

@@ -1,101 +1,44 @@
 """The FastAPI application: ``app.main:app``."""
 
-import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from types import ModuleType
-from typing import Any, cast
+from typing import Any
 
-import anyio.to_thread
 from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
-from sqlalchemy import Engine
 
-from app import migrations, routers
-from app.admission import RequestLimit
-from app.body_limit import BodyLimit
-from app.config import Settings
-from app.consistency import ReadYourWrites
-from app.cors import add_cors
-from app.database import ensure_database_schema
-from app.errors import install_error_handlers
-from app.serving import monitoring, serving
-from app.telemetry import Telemetry
-from app.transactions import Reader, Writer
-from containers import container, dispose_engines, replicas_configured, reset_request_path
+from app import routers
+from app.lifespan import lifespan, replicas_configured
+from app.middleware.body_limit import BodyLimit
+from app.middleware.cors import add_cors
+from app.middleware.read_your_writes import ReadYourWrites
+from app.middleware.request_limit import RequestLimit
+from app.middleware.telemetry import Telemetry
+from app.runtime import Runtime
+from app.web.errors import install_error_handlers
+from containers import container
 
-__all__ = ["app", "create_app", "lifespan"]
-
-
-def _log_concurrency(s: Settings, reader: Reader, writer: Writer) -> None:
-    # uvicorn's server log, next to "Application startup complete": visible by default.
-    logging.getLogger("uvicorn.error").info(
-        "concurrency: %d requests at once (MAX_CONCURRENT_REQUESTS), %d threads "
-        "(THREADPOOL_SIZE), %d reads (MAX_CONCURRENT_READS) and %d writes "
-        "(MAX_CONCURRENT_WRITES) at once, %gs longest wait for either (DB_QUEUE_TIMEOUT)",
-        s.MAX_CONCURRENT_REQUESTS,
-        s.THREADPOOL_SIZE,
-        reader.gate.capacity,
-        writer.gate.capacity,
-        s.DB_QUEUE_TIMEOUT,
-    )
-
-
-@asynccontextmanager
-async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    """Wire the routers and size the request path from the container's current state,
-    prepare the schema, serve (``app.serving``), and dispose of the engines at shutdown."""
-    # At every startup, not once at import: a test that unwired the container, or changed
-    # its settings or engine, gets an app that serves with what the container holds now.
-    if routers not in cast(list[ModuleType], container.wired_to_packages):
-        container.wire(packages=[routers], warn_unresolved=True)
-    reset_request_path(container)
-    s: Settings = container.settings()
-    if app.state.auth_enabled != s.AUTH_ENABLED:
-        raise RuntimeError(
-            f"this app was created with AUTH_ENABLED={app.state.auth_enabled}, and the "
-            f"settings now say {s.AUTH_ENABLED}: call create_app() with the settings in place"
-        )
-    if container.replicas() is not None and not app.state.read_your_writes:
-        raise RuntimeError(
-            "this app was created without replicas, and the container now has some: call "
-            "create_app() with DATABASE_REPLICA_URLS (or the replica_engines override) in place"
-        )
-    engine: Engine = container.engine()
-    anyio.to_thread.current_default_thread_limiter().total_tokens = s.THREADPOOL_SIZE
-    app.state.max_concurrent_requests = s.MAX_CONCURRENT_REQUESTS
-    _log_concurrency(s, container.reader(), container.writer())
-    setup = migrations.schema_setup(s, engine.url)
-    if setup == "migrate":
-        await anyio.to_thread.run_sync(migrations.upgrade)
-    elif setup == "create_all":
-        await anyio.to_thread.run_sync(ensure_database_schema)
-    with serving(app, s, container):
-        try:
-            async with monitoring(container.replicas()):
-                yield
-        finally:
-            await dispose_engines(container)
+__all__ = ["app", "create_app"]
 
 
 def create_app() -> FastAPI:
     """The app for the container's current settings: ``AUTH_ENABLED`` decides its routes,
     ``MAX_BODY_BYTES``, ``CORS_ORIGINS`` and ``DATABASE_REPLICA_URLS`` its middleware."""
-    auth_enabled = container.settings().AUTH_ENABLED
+    s = container.settings()
+    auth_enabled = s.AUTH_ENABLED
     app = FastAPIOffline(
         title="Users and items",
         summary="FastAPI + SQLAlchemy 2, composed by a dependency-injector container",
         lifespan=lifespan,
     )
-    app.state.auth_enabled = auth_enabled
-    app.state.read_your_writes = replicas_configured(container)
+    runtime = app.state.runtime = Runtime(
+        auth_enabled=auth_enabled, read_your_writes=replicas_configured(container)
+    )
     install_error_handlers(app)
-    if app.state.read_your_writes:
+    if runtime.read_your_writes:
         app.add_middleware(ReadYourWrites)  # innermost: only the requests that get served
-    app.add_middleware(RequestLimit)
-    app.add_middleware(BodyLimit, max_bytes=container.settings().MAX_BODY_BYTES)
-    add_cors(app, container.settings().CORS_ORIGINS)  # outside both: refusals get CORS headers
-    app.add_middleware(Telemetry)  # outermost: it sees, labels and logs every request
+    app.add_middleware(RequestLimit, runtime=runtime)
+    app.add_middleware(BodyLimit, max_bytes=s.MAX_BODY_BYTES)
+    add_cors(app, s.CORS_ORIGINS)  # outside both: refusals get CORS headers
+    app.add_middleware(Telemetry, runtime=runtime)  # outermost: it sees, labels and logs all
     for router in (*routers.AUTH_ROUTERS, *routers.ROUTERS) if auth_enabled else routers.ROUTERS:
         app.include_router(router)
     if not auth_enabled:

@@ -14,7 +14,7 @@ from sqlalchemy import bindparam, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from app.etags import check_if_match
+from app.auth.credentials import Passwords
 from app.exceptions import EmailAlreadyRegisteredError, PermissionDeniedError
 from app.models import Item, User
 from app.schemas import (
@@ -26,7 +26,7 @@ from app.schemas import (
     UserUpdate,
     Versioned,
 )
-from app.security import Passwords
+from app.web.etags import check_if_match
 
 __all__ = ["Credentials", "ItemService", "UserService"]
 

@@ -7,10 +7,11 @@ from pathlib import Path
 from time import perf_counter
 
 from app.database import AsyncSessionLocal, SessionLocal, ensure_database_schema
+from app.lifespan import dispose_engines
 from app.models import Item, User
 from bench.micro import use_database
 from bench.report import Table
-from containers import container, dispose_engines
+from containers import container
 
 __all__ = ["floor_table"]
 

@@ -63,8 +63,9 @@ def main() -> int:
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
         from starlette.datastructures import State
 
-        from app.logs import logging_config
-        from app.telemetry import Telemetry
+        from app.middleware.telemetry import Telemetry
+        from app.observability.logs import logging_config
+        from app.runtime import Runtime
 
         config = logging_config(level="info", log_format="json", access_log=True)
         with open(os.path.join(directory, "access.log"), "w", encoding="utf-8") as log:
@@ -72,10 +73,11 @@ def main() -> int:
             logging.config.dictConfig(config)
 
             class App:
-                state = State({"metrics_enabled": True})
+                state = State()
 
             bare = asyncio.run(_best_us(_inner, App()))
-            telemetry = asyncio.run(_best_us(Telemetry(_inner), App()))
+            measured = Runtime(metrics_enabled=True)
+            telemetry = asyncio.run(_best_us(Telemetry(_inner, measured), App()))
     json.dump({"bare_us": bare, "telemetry_us": telemetry}, sys.stdout)
     return 0
 

@@ -7,7 +7,7 @@ the baseline that section 7 measures their cost against. Everything else is ``ap
 from typing import cast
 
 from app.main import create_app
-from app.telemetry import Telemetry
+from app.middleware.telemetry import Telemetry
 
 app = create_app()
 app.user_middleware = [m for m in app.user_middleware if cast(object, m.cls) is not Telemetry]

@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 import psycopg
 
-from app.replicas import PRIMARY
+from app.replicas.replica_set import PRIMARY
 from app.testing.postgres import PostgresServer, missing_binaries
 from app.testing.server import LiveServer
 from bench.data import seed

@@ -2,22 +2,26 @@
 contract with it off."""
 
 import datetime as dt
+import secrets
 import statistics
 import time
 from pathlib import Path
+from typing import Any
 
 import jwt
 import pytest
+from dependency_injector import providers
 from fastapi.testclient import TestClient
 from pwdlib import PasswordHash
 from pwdlib.hashers.argon2 import Argon2Hasher
+from pydantic import SecretStr
 from sqlalchemy import Engine, select
 
+from app.auth.credentials import ALGORITHM, Passwords, Tokens
 from app.config import Settings
 from app.database import SessionLocal
 from app.main import app, create_app
 from app.models import User
-from app.security import ALGORITHM, Tokens
 from app.testing.plugin import bearer, with_auth
 from containers import container
 from tests.conftest import run_app
@@ -276,3 +280,40 @@ def test_a_weak_secret_key_stops_the_service_naming_it_without_showing_it(
     if key:
         assert key not in result.stderr + result.stdout
         assert key not in str(error.value)
+
+
+# Overrides made while the app serves
+
+
+def test_overrides_made_after_the_first_request_reach_login_and_token_checks(
+    auth_client: TestClient,
+) -> None:
+    user = create_user(auth_client)
+    status, body = login(auth_client, user["email"])
+    assert status == 200
+    issued = {"Authorization": f"Bearer {body['access_token']}"}
+    assert auth_client.get("/users/me", headers=issued).status_code == 200
+    other_key = Tokens(SecretStr(secrets.token_urlsafe(32)), 30)
+    with container.tokens.override(providers.Object(other_key)):
+        assert auth_client.get("/users/me", headers=issued).status_code == 401
+        mine = {"Authorization": f"Bearer {other_key.issue(user['id'])}"}
+        assert auth_client.get("/users/me", headers=mine).status_code == 200
+        status, body = login(auth_client, user["email"])
+        assert other_key.user_id(body["access_token"]) == user["id"]
+    assert auth_client.get("/users/me", headers=issued).status_code == 200
+    assert auth_client.get("/users/me", headers=mine).status_code == 401
+
+
+def test_a_passwords_override_after_the_first_login_reaches_the_next_one(
+    auth_client: TestClient,
+) -> None:
+    email = create_user(auth_client)["email"]
+    assert login(auth_client, email)[0] == 200
+
+    class RefuseAll(Passwords):
+        async def verify(self, password: Any, hashed: str | None) -> tuple[bool, str | None]:
+            return False, None
+
+    with container.passwords.override(providers.Factory(RefuseAll, container.password_hasher)):
+        assert login(auth_client, email)[0] == 401
+    assert login(auth_client, email)[0] == 200

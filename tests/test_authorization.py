@@ -13,10 +13,10 @@ from fastapi.testclient import TestClient
 from pydantic import SecretStr
 from sqlalchemy import Engine
 
+from app.auth.credentials import Tokens
 from app.config import Settings
 from app.main import create_app
 from app.models import Item, User
-from app.security import Tokens
 from app.testing import routes
 from app.testing.plugin import count_rows, with_auth
 from containers import container

@@ -15,9 +15,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Message, Receive, Scope, Send
 
-from app.body_limit import BodyLimit
 from app.config import Settings
 from app.main import create_app
+from app.middleware.body_limit import BodyLimit
 from app.testing import routes
 from app.testing.plugin import with_auth
 from app.testing.server import LiveServer

@@ -9,7 +9,7 @@ from pydantic import ValidationError
 from sqlalchemy import Engine, event
 
 from app.config import Settings
-from containers import build_async_engine, build_engine
+from app.db.engines import build_async_engine, build_engine
 
 PG_URL = "postgresql://app:pw@127.0.0.1:1/app"
 

@@ -10,12 +10,14 @@ from sqlalchemy import Engine, create_engine
 from sqlalchemy.orm import Session
 
 from app.config import Settings
-from app.consistency import COOKIE, HEADER, brought_position
+from app.lifespan import replicas_configured
 from app.main import create_app
-from app.replicas import Replica, ReplicaSet, format_lsn, parse_lsn
+from app.middleware.read_your_writes import COOKIE, HEADER, brought_position
+from app.replicas.replica_set import Replica, ReplicaSet, format_lsn, parse_lsn
 from app.testing.plugin import BACKEND
-from app.transactions import Gate, Writer
-from containers import container, replicas_configured
+from app.units.gate import Gate
+from app.units.writer import Writer
+from containers import container
 from tests.factories import create_item, create_user
 
 PG_ONLY = pytest.mark.skipif(BACKEND != "postgresql", reason="replicas are PostgreSQL's")

@@ -15,11 +15,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import QueuePool
 
-import containers
 from app.config import Settings
+from app.db import engines
+from app.lifespan import dispose_engines
 from app.testing.plugin import engine_pair, settings_free_environ
 from app.testing.server import free_port
-from containers import Container, dispose_engines
+from containers import Container
 
 THREADS = 16
 
@@ -57,7 +58,7 @@ def test_first_resolution_from_many_threads_builds_one_engine(
     fresh: Container, monkeypatch: pytest.MonkeyPatch, provider: str, factory: str
 ) -> None:
     built: list[object] = []
-    real = getattr(containers, factory)
+    real = getattr(engines, factory)
 
     def slow_factory(*args: Any, **kwargs: Any) -> object:
         time.sleep(0.05)  # widen the window in which a second thread could start building
@@ -65,7 +66,7 @@ def test_first_resolution_from_many_threads_builds_one_engine(
         built.append(engine)
         return engine
 
-    monkeypatch.setattr(containers, factory, slow_factory)
+    monkeypatch.setattr(engines, factory, slow_factory)
     singleton = getattr(fresh, provider)
     singleton.reset()
     barrier = threading.Barrier(THREADS)

@@ -17,10 +17,11 @@ from sqlalchemy.orm import Session
 import app.database
 from app.config import Settings
 from app.database import AsyncSessionLocal, SessionLocal, ensure_database_schema
+from app.db.engines import build_async_engine, build_engine
+from app.db.sqlite import BEGIN_MODE
 from app.models import User
-from app.sqlite import BEGIN_MODE
 from app.testing.plugin import count_rows, engine_pair
-from containers import build_async_engine, build_engine, container
+from containers import container
 from tests.factories import new_user
 
 BUSY_TIMEOUT_MS = 1234

@@ -1,5 +1,5 @@
-"""app.draining: the first SIGTERM (or SIGINT) marks the app as draining, and the server's own
-handler still runs."""
+"""app.lifespan.on_signals: the first SIGTERM (or SIGINT) marks the app as draining, and
+the server's own handler still runs."""
 
 import signal
 import threading
@@ -7,9 +7,9 @@ from collections.abc import Iterator
 from types import FrameType
 
 import pytest
-from starlette.datastructures import State
 
-from app import draining
+from app import lifespan
+from app.runtime import Runtime
 
 
 @pytest.fixture
@@ -20,7 +20,7 @@ def received() -> Iterator[list[int]]:
     def record(sig: int, frame: FrameType | None) -> None:
         signals.append(sig)
 
-    originals = {sig: signal.signal(sig, record) for sig in draining.SIGNALS}
+    originals = {sig: signal.signal(sig, record) for sig in lifespan.SIGNALS}
     try:
         yield signals
     finally:
@@ -28,13 +28,13 @@ def received() -> Iterator[list[int]]:
             signal.signal(sig, handler)
 
 
-@pytest.mark.parametrize("sig", draining.SIGNALS)
+@pytest.mark.parametrize("sig", lifespan.SIGNALS)
 def test_a_signal_drains_and_reaches_the_servers_handler(received: list[int], sig: int) -> None:
-    state = State()
-    with draining.on_signals(state):
-        assert state.draining is False
+    runtime = Runtime()
+    with lifespan.on_signals(runtime):
+        assert runtime.draining is False
         signal.raise_signal(sig)
-        assert state.draining is True
+        assert runtime.draining is True
         assert received == [sig]
     before = signal.getsignal(sig)
     assert callable(before)
@@ -45,30 +45,30 @@ def test_the_handler_is_left_alone_if_someone_replaced_it(received: list[int]) -
     def other(sig: int, frame: FrameType | None) -> None:
         """Installed by someone else while the app served."""
 
-    with draining.on_signals(State()):
+    with lifespan.on_signals(Runtime()):
         signal.signal(signal.SIGTERM, other)
     assert signal.getsignal(signal.SIGTERM) is other
 
 
 def test_an_ignored_signal_stays_ignored(received: list[int]) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    state = State()
-    with draining.on_signals(state):
+    runtime = Runtime()
+    with lifespan.on_signals(runtime):
         signal.raise_signal(signal.SIGTERM)
-    assert state.draining is True
+    assert runtime.draining is True
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_IGN
 
 
 def test_outside_the_main_thread_nothing_is_installed(received: list[int]) -> None:
-    state = State()
+    runtime = Runtime()
     handlers: list[object] = []
 
     def run() -> None:
-        with draining.on_signals(state):
+        with lifespan.on_signals(runtime):
             handlers.append(signal.getsignal(signal.SIGTERM))
 
     thread = threading.Thread(target=run)
     thread.start()
     thread.join(timeout=10)
-    assert state.draining is False
+    assert runtime.draining is False
     assert [getattr(h, "__name__", h) for h in handlers] == ["record"]

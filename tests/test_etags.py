@@ -8,11 +8,11 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 
-from app.etags import check_if_match, etag
 from app.exceptions import PreconditionFailedError
 from app.models import Item
 from app.testing.plugin import count_rows
 from app.testing.server import LiveServer
+from app.web.etags import check_if_match, etag
 from tests.factories import add_item, add_user, create_item, create_user
 from tests.load import Connection
 

@@ -7,6 +7,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import create_engine
 
 from app.main import app
+from app.runtime import runtime_of
 from containers import container
 from tests.conftest import UNAVAILABLE
 
@@ -46,13 +47,13 @@ def test_liveness_needs_no_database(client: TestClient, tmp_path: Path) -> None:
 
 
 def test_a_draining_process_is_not_ready_but_alive_and_serving(client: TestClient) -> None:
-    client.app.state.draining = True  # type: ignore[attr-defined]
+    runtime_of(client.app).draining = True
     try:
         health = client.get("/health")
         live = client.get("/health/live")
         users = client.get("/users/")
     finally:
-        client.app.state.draining = False  # type: ignore[attr-defined]
+        runtime_of(client.app).draining = False
     assert health.status_code == 503
     assert health.json() == {"detail": "Server is shutting down"}
     assert health.headers["retry-after"] == "1"
@@ -65,4 +66,4 @@ def test_every_startup_begins_ready(schema: object) -> None:
     for _ in range(2):
         with TestClient(app) as client:
             assert client.get("/health").status_code == 200
-            client.app.state.draining = True  # type: ignore[attr-defined]
+            runtime_of(client.app).draining = True

@@ -3,10 +3,15 @@
 from typing import Any
 
 import pytest
+from dependency_injector import providers
 from fastapi.testclient import TestClient
+from sqlalchemy.orm import Session
 
 from app.models import Item
+from app.schemas import ItemRead
+from app.services import ItemService
 from app.testing.plugin import count_rows
+from containers import container
 from tests.factories import create_item, create_user
 
 ITEM_KEYS = {"id", "title", "description", "owner_id"}
@@ -217,3 +222,20 @@ def test_users_have_keyset_pagination_too(client: TestClient) -> None:
     ids = [create_user(client)["id"] for _ in range(4)]
     page = client.get("/users/", params={"after_id": ids[1], "limit": 10}).json()
     assert [user["id"] for user in page] == ids[2:]
+
+
+def test_a_service_override_after_the_first_request_reaches_the_endpoint(
+    client: TestClient,
+) -> None:
+    owner = create_user(client)
+    create_item(client, owner["id"], title="real")
+    assert [i["title"] for i in client.get("/items/").json()] == ["real"]
+    fake = ItemRead(id=7, title="fake", description=None, owner_id=owner["id"])
+
+    class FakeItems(ItemService):
+        def get_page(self, session: Session, **page: Any) -> list[ItemRead]:
+            return [fake]
+
+    with container.item_service.override(providers.Factory(FakeItems)):
+        assert client.get("/items/").json() == [fake.model_dump()]
+    assert [i["title"] for i in client.get("/items/").json()] == ["real"]

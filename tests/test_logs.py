@@ -17,8 +17,8 @@ from fastapi.testclient import TestClient
 from sqlalchemy import Engine, make_url
 
 from app.config import Settings
-from app.logs import JsonFormatter, RequestIdFilter, TextFormatter
 from app.main import app
+from app.observability.logs import JsonFormatter, RequestIdFilter, TextFormatter
 from app.testing.server import LiveServer
 from containers import container
 from tests.test_errors import OrphanItemUserService
@@ -74,7 +74,7 @@ def test_a_text_line() -> None:
 CONFIGURED = textwrap.dedent(
     """
     import logging, logging.config, sys
-    from app.logs import logging_config
+    from app.observability.logs import logging_config
     logging.config.dictConfig(logging_config(
         level=sys.argv[1], log_format=sys.argv[2], access_log=sys.argv[3] == "on"))
     logging.getLogger("app.access").info("an access line")

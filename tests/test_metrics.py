@@ -19,8 +19,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import Engine, create_engine
 from sqlalchemy.exc import OperationalError
 
-from app import metrics
 from app.config import Settings
+from app.observability import metrics
+from app.runtime import runtime_of
 from app.testing.server import LiveServer, free_port
 from containers import container
 from tests.doubles import BlockingReads
@@ -179,9 +180,9 @@ class TestRequestLimit:
 
 def test_draining_and_database_unavailable(client: TestClient, tmp_path: Path) -> None:
     before = scrape(client)
-    client.app.state.draining = True  # type: ignore[attr-defined]
+    runtime_of(client.app).draining = True
     assert client.get("/health").status_code == 503
-    client.app.state.draining = False  # type: ignore[attr-defined]
+    runtime_of(client.app).draining = False
     unreachable = create_engine(f"sqlite:///{tmp_path / 'missing' / 'app.db'}")
     with container.engine.override(unreachable):
         assert client.get("/health").status_code == 503

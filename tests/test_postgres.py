@@ -25,11 +25,12 @@ from sqlalchemy.pool import ConnectionPoolEntry, QueuePool
 
 from app.config import Settings
 from app.database import AsyncSessionLocal, ensure_database_schema
+from app.db.engines import build_async_engine, build_engine
 from app.main import app
 from app.models import Item, User
 from app.testing.plugin import BACKEND, count_rows, engine_pair
 from app.testing.server import LiveServer
-from containers import Container, build_async_engine, build_engine, container
+from containers import Container, container
 from tests.conftest import UNAVAILABLE, run_app
 from tests.load import Connection, register_at_once
 

@@ -12,9 +12,9 @@ from sqlalchemy import Engine
 
 from app.config import Settings
 from app.main import create_app
-from app.redaction import MASK, MAX_ECHO, redacted, secret_names
 from app.schemas import LoginForm, UserCreate
 from app.testing.plugin import with_auth
+from app.web.redaction import MASK, MAX_ECHO, redacted, secret_names
 from containers import container
 from tests.factories import create_user
 

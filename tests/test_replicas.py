@@ -15,8 +15,8 @@ import httpx2
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from app.consistency import COOKIE, HEADER
-from app.replicas import PRIMARY
+from app.middleware.read_your_writes import COOKIE, HEADER
+from app.replicas.replica_set import PRIMARY
 from app.testing.plugin import BACKEND, VIA_PGBOUNCER, settings_free_environ
 from app.testing.postgres import PostgresServer, missing_binaries
 from app.testing.server import LiveServer

@@ -13,13 +13,13 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
-from app import context
+from app import request_context
 from app.config import Settings
-from app.logs import RequestIdFilter
 from app.main import app
+from app.middleware.telemetry import UNMATCHED
+from app.observability.logs import RequestIdFilter
 from app.schemas import UserRead
 from app.services import UserService
-from app.telemetry import UNMATCHED
 from containers import container
 from tests.doubles import BlockingReads
 from tests.factories import create_user
@@ -146,7 +146,7 @@ class TestWorkerThreads:
 
 def test_records_outside_any_request_have_no_request_id(logs: pytest.LogCaptureFixture) -> None:
     log.info("no request here")
-    assert context.request_id() is None
+    assert request_context.request_id() is None
     assert vars(logs.records[-1])["request_id"] == "-"
 
 

@@ -8,8 +8,8 @@ from fastapi.testclient import TestClient
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
+from app.db.sqlite import BEGIN_MODE
 from app.models import Item, User
-from app.sqlite import BEGIN_MODE
 from app.testing.server import LiveServer, LiveServerError, proc_stat_fields
 from tests.factories import new_user
 

@@ -17,13 +17,13 @@ from dependency_injector import providers
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, select
 
+from app.auth.throttle import LoginThrottle
 from app.config import Settings
 from app.database import SessionLocal
 from app.main import create_app
 from app.models import LoginCounter
 from app.testing.plugin import count_rows, with_auth
 from app.testing.server import LiveServer
-from app.throttle import LoginThrottle
 from containers import container
 from tests.factories import PASSWORD, create_user, unique_email
 

@@ -20,14 +20,17 @@ from sqlalchemy.pool import QueuePool
 
 from app.config import Settings
 from app.database import SessionLocal, ensure_database_schema
+from app.db.engines import build_async_engine, build_engine
+from app.db.urls import backend
 from app.exceptions import DatabaseBusyError, EmailAlreadyRegisteredError, WriteInReadError
 from app.models import User
 from app.schemas import UserCreate, UserRead
 from app.services import UserService
-from app.sqlite import is_sqlite
 from app.testing.plugin import count_rows, engine_pair
-from app.transactions import Gate, Reader, Writer
-from containers import build_async_engine, build_engine, container
+from app.units.gate import Gate
+from app.units.reader import Reader
+from app.units.writer import Writer
+from containers import container
 from tests.factories import add_user, new_user
 
 
@@ -277,7 +280,7 @@ def test_sqlite_runs_two_reads_and_one_write_at_once_servers_four_of_each_within
 ) -> None:
     with serving(database_url, DB_POOL_SIZE=pool, DB_MAX_OVERFLOW=overflow) as client:
         on_server = min(4, pool + overflow)
-        expected = (2, 1) if is_sqlite(database_url) else (on_server, on_server)
+        expected = (2, 1) if backend(database_url) == "sqlite" else (on_server, on_server)
         assert _at_once() == expected
         assert client.get("/health").status_code == 200
 

@@ -7,9 +7,10 @@ from typing import TYPE_CHECKING, Literal
 from sqlalchemy import inspect
 from sqlalchemy.engine import URL
 
-from app import sqlite
 from app.config import Settings
 from app.database import Base
+from app.db import sqlite
+from app.db.urls import backend
 from app.exceptions import UnversionedDatabaseError
 from containers import container
 
@@ -53,7 +54,7 @@ def schema_setup(s: Settings, url: str | URL) -> SchemaSetup:
     """What the service does to the schema at startup (the rule is in docs/migrations.md)."""
     if s.MIGRATE_ON_STARTUP:
         return "migrate"
-    create = s.CREATE_SCHEMA if s.CREATE_SCHEMA is not None else sqlite.is_sqlite(url)
+    create = s.CREATE_SCHEMA if s.CREATE_SCHEMA is not None else backend(url) == "sqlite"
     return "create_all" if create else "none"
 
 

@@ -6,9 +6,9 @@ from dependency_injector.wiring import inject
 from fastapi import APIRouter, Form, Request
 
 from app.deps import Auth, CurrentUser, Read, Users
-from app.errors import BODY_ERRORS, responses
 from app.exceptions import NotAuthenticatedError
 from app.schemas import LoginForm, Token, UserRead
+from app.web.errors import BODY_ERRORS, responses
 
 router = APIRouter(tags=["auth"], responses=responses(503))
 

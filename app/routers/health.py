@@ -7,10 +7,11 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from app.deps import Read
-from app.errors import responses
-from app.exceptions import ShuttingDownError
-from app.replicas import ReplicaSet
-from app.transactions import DATABASE_FAILURES, Reader
+from app.exceptions import DATABASE_FAILURES, ShuttingDownError
+from app.replicas.replica_set import ReplicaSet
+from app.runtime import runtime_of
+from app.units.reader import Reader
+from app.web.errors import responses
 
 router = APIRouter(tags=["health"], responses=responses(503))
 
@@ -37,7 +38,7 @@ async def health(request: Request, read: Read) -> Health:
     """Readiness for a load balancer: 200 when the database answers, 503 when it does not or
     the process is shutting down. With replicas, the status is read_only (still 200) while
     the primary is down but a replica serves reads, and engines says how each one is."""
-    if getattr(request.app.state, "draining", False):
+    if runtime_of(request.app).draining:
         raise ShuttingDownError
     if read.replicas is None:
         await read(_ping)

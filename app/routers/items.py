@@ -4,10 +4,10 @@ from dependency_injector.wiring import inject
 from fastapi import APIRouter, HTTPException, Response
 
 from app.deps import Caller, IfMatch, Items, Owner, Read, Write
-from app.errors import BODY_ERRORS, responses
-from app.etags import with_etag
 from app.routers.paging import AfterId, Id, Limit, Skip
 from app.schemas import Deleted, ItemRead, ItemUpdate
+from app.web.errors import BODY_ERRORS, responses
+from app.web.etags import with_etag
 
 router = APIRouter(prefix="/items", tags=["items"], responses=responses(503))
 

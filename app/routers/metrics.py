@@ -3,7 +3,8 @@
 import anyio.to_thread
 from fastapi import APIRouter, HTTPException, Request, Response
 
-from app import metrics
+from app.observability import metrics
+from app.runtime import runtime_of
 
 router = APIRouter(tags=["operations"])
 
@@ -11,7 +12,7 @@ router = APIRouter(tags=["operations"])
 @router.get("/metrics", include_in_schema=False, response_class=Response)
 async def prometheus_metrics(request: Request) -> Response:
     """The Prometheus exposition of the app's metrics."""
-    if not getattr(request.app.state, "metrics_enabled", False):
+    if not runtime_of(request.app).metrics_enabled:
         raise HTTPException(status_code=404, detail="Not Found")
     # Reading every worker's files is disk work: off the event loop.
     body = await anyio.to_thread.run_sync(metrics.exposition)

@@ -5,10 +5,10 @@ from fastapi import APIRouter, HTTPException, Response
 from pydantic import MISSING
 
 from app.deps import Caller, IfMatch, Items, Owner, Read, Users, Write
-from app.errors import BODY_ERRORS, responses
-from app.etags import with_etag
 from app.routers.paging import AfterId, Id, Limit, Skip
 from app.schemas import Deleted, ItemCreate, ItemRead, UserCreate, UserRead, UserUpdate
+from app.web.errors import BODY_ERRORS, responses
+from app.web.etags import with_etag
 
 router = APIRouter(prefix="/users", tags=["users"], responses=responses(503))
 

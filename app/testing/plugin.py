@@ -45,12 +45,14 @@ from sqlalchemy import ColumnElement, Engine, create_engine, func, make_url, sel
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.orm import Session
 
+from app.auth.credentials import Tokens
 from app.config import Settings
 from app.database import Base, SessionLocal, ensure_database_schema
+from app.db.engines import build_async_engine, build_engine
+from app.db.session import AppSession
+from app.db.sqlite import BEGIN_MODE
 from app.main import app, create_app
-from app.security import Tokens
-from app.sqlite import BEGIN_MODE
-from containers import build_async_engine, build_engine, container
+from containers import container
 
 __all__ = [
     "BACKEND",
@@ -212,7 +214,7 @@ def db_session(schema: Engine, settings: Settings) -> Iterator[Session]:
     with schema.connect().execution_options(**{BEGIN_MODE: "DEFERRED"}) as connection:
         outer = connection.begin()
         sessions = providers.Factory(
-            Session,
+            AppSession,
             bind=connection,
             join_transaction_mode="create_savepoint",
             expire_on_commit=False,

@@ -1,6 +1,7 @@
 """Passwords and access tokens: slow hashing off the event loop, signed short-lived JWTs."""
 
 import datetime as dt
+from weakref import WeakKeyDictionary
 
 import anyio.to_thread
 import jwt
@@ -14,13 +15,14 @@ __all__ = ["ALGORITHM", "Passwords", "Tokens"]
 
 ALGORITHM = "HS256"
 
+_DUMMY_HASHES: WeakKeyDictionary[PasswordHash, str] = WeakKeyDictionary()
+
 
 class Passwords:
     """Argon2id (pwdlib's recommendation), ~0.1 s of CPU a call: always in a worker thread."""
 
     def __init__(self, hasher: PasswordHash) -> None:
         self._hasher = hasher
-        self._dummy_hash: str | None = None
 
     async def hash(self, password: Secret[str]) -> str:
         return await anyio.to_thread.run_sync(self._hasher.hash, password.get_secret_value())
@@ -41,9 +43,12 @@ class Passwords:
             return False, None
 
     def _dummy(self) -> str:
-        if self._dummy_hash is None:  # a race computes it twice, harmlessly
-            self._dummy_hash = self._hasher.hash("not the password of anyone")
-        return self._dummy_hash
+        # Kept per hasher, not per Passwords (a factory's product): computing it costs as
+        # much as the check it stands in for. A race computes it twice, harmlessly.
+        dummy = _DUMMY_HASHES.get(self._hasher)
+        if dummy is None:
+            dummy = _DUMMY_HASHES[self._hasher] = self._hasher.hash("not the password of anyone")
+        return dummy
 
 
 class Tokens:

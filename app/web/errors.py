@@ -11,8 +11,10 @@ from sqlalchemy import exc
 from sqlalchemy.orm.exc import StaleDataError
 from starlette.exceptions import HTTPException
 
-from app import context, metrics
+from app import request_context
 from app.exceptions import (
+    DATABASE_FAILURES,
+    RETRY_AFTER_SECONDS,
     DatabaseBusyError,
     EmailAlreadyRegisteredError,
     InactiveUserError,
@@ -24,16 +26,15 @@ from app.exceptions import (
     ShuttingDownError,
     WriteInReadError,
 )
-from app.redaction import redacted, secret_names
+from app.observability import metrics
 from app.schemas import HTTPError
-from app.transactions import DATABASE_FAILURES
+from app.web.redaction import redacted, secret_names
 
-__all__ = ["BODY_ERRORS", "RETRY_AFTER_SECONDS", "install_error_handlers", "responses"]
+__all__ = ["BODY_ERRORS", "install_error_handlers", "responses"]
 
 log = logging.getLogger("app")
 
 _UNAVAILABLE: tuple[type[Exception], ...] = (DatabaseBusyError, *DATABASE_FAILURES)
-RETRY_AFTER_SECONDS = "1"
 _BEARER = {"WWW-Authenticate": "Bearer"}
 
 _RESPONSES: dict[int, dict[str, Any]] = {
@@ -170,7 +171,7 @@ async def _method_not_allowed(request: Request, error: Exception) -> JSONRespons
 
 async def _internal(request: Request, error: Exception) -> JSONResponse:
     # Starlette answers unhandled exceptions outside the middleware that adds the header.
-    request_id = context.request_id()
+    request_id = request_context.request_id()
     return _detail(
         "Internal Server Error", 500, {"X-Request-ID": request_id} if request_id else None
     )

@@ -14,7 +14,9 @@ import uuid
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app import context, metrics
+from app import request_context
+from app.observability import metrics
+from app.runtime import Runtime
 
 __all__ = ["REQUEST_ID_HEADER", "UNMATCHED", "Telemetry", "route_template"]
 
@@ -44,21 +46,22 @@ class Telemetry:
     """ASGI middleware; the outermost of the app's, so that shed requests are seen too.
 
     Starlette answers an unhandled exception outside every middleware: that 500 gets its
-    header from ``app.errors``, which reads the id from ``app.context``.
+    header from ``app.web.errors``, which reads the id from ``app.request_context``.
     """
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, runtime: Runtime) -> None:
         self.app = app
+        self.runtime = runtime
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        request = context.start(_request_id(scope))
+        request = request_context.start(_request_id(scope))
         header = (_HEADER, request.request_id.encode())
         status = 500  # unless a response starts: Starlette then answers the exception with one
-        measured = getattr(scope["app"].state, "metrics_enabled", False)
+        measured = self.runtime.metrics_enabled
         if measured:
             metrics.request_started()
 
@@ -84,7 +87,7 @@ class Telemetry:
 
 
 def _log_access(
-    scope: Scope, route: str, status: int, seconds: float, request: context.RequestContext
+    scope: Scope, route: str, status: int, seconds: float, request: request_context.RequestContext
 ) -> None:
     client = scope.get("client")
     address = f"{client[0]}:{client[1]}" if client else "-"

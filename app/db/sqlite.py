@@ -8,13 +8,13 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError
 from sqlalchemy.pool import ConnectionPoolEntry
 
+from app.db.urls import is_memory
+
 __all__ = [
     "BEGIN_MODE",
     "QUERY_ONLY",
     "check_database_folder",
     "install_hooks",
-    "is_memory",
-    "is_sqlite",
     "shared_memory_url",
 ]
 
@@ -24,20 +24,6 @@ _BEGIN_MODES = ("IMMEDIATE", "DEFERRED", "EXCLUSIVE")
 QUERY_ONLY = "sqlite_query_only"
 """Execution option: when true, the transaction runs with ``PRAGMA query_only``, so any
 statement that would change the database fails with SQLITE_READONLY."""
-
-
-def is_sqlite(url: str | URL) -> bool:
-    return make_url(url).get_backend_name() == "sqlite"
-
-
-def is_memory(url: str | URL) -> bool:
-    u = make_url(url)
-    database = u.database or ""
-    return (
-        database in ("", ":memory:")
-        or "mode=memory" in database
-        or (u.query.get("mode") == "memory")
-    )
 
 
 def check_database_folder(url: str | URL) -> None:

@@ -11,8 +11,8 @@ import re
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app import context
-from app.replicas import format_lsn, parse_lsn
+from app import request_context
+from app.replicas.replica_set import format_lsn, parse_lsn
 
 __all__ = ["COOKIE", "HEADER", "ReadYourWrites", "brought_position"]
 
@@ -48,7 +48,7 @@ class ReadYourWrites:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        request = context.current() if scope["type"] == "http" else None
+        request = request_context.current() if scope["type"] == "http" else None
         if request is None:
             await self.app(scope, receive, send)
             return

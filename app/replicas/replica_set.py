@@ -16,6 +16,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import anyio
@@ -24,13 +25,15 @@ from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from app import metrics
+from app.db.session import AppSession
+from app.observability import metrics
 
 __all__ = [
     "CHECK_TIMEOUT_SECONDS",
     "PRIMARY",
     "Replica",
     "ReplicaSet",
+    "build_replicas",
     "format_lsn",
     "insert_position",
     "parse_lsn",
@@ -292,3 +295,28 @@ class ReplicaSet:
                 )
         if self.metrics_enabled:
             metrics.observe_replica(replica.name, up=replica.up, lag=replica.lag)
+
+
+def build_replicas(
+    engines: Sequence[Engine],
+    primary: Engine,
+    *,
+    max_lag: float,
+    check_interval: float,
+    metrics_enabled: bool,
+) -> ReplicaSet | None:
+    """The replicas that reads may run on, ``replica-1`` first; None without any: every
+    read on the primary, as without replicas."""
+    if not engines:
+        return None
+    replicas = [
+        Replica(f"replica-{n}", engine, partial(AppSession, bind=engine, expire_on_commit=False))
+        for n, engine in enumerate(engines, 1)
+    ]
+    return ReplicaSet(
+        replicas,
+        primary=primary,
+        max_lag=max_lag,
+        check_interval=check_interval,
+        metrics_enabled=metrics_enabled,
+    )

@@ -13,8 +13,9 @@ import time
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from app import metrics
-from app.errors import RETRY_AFTER_SECONDS
+from app.exceptions import RETRY_AFTER_SECONDS
+from app.observability import metrics
+from app.runtime import Runtime
 
 __all__ = ["UNLIMITED_PATHS", "RequestLimit"]
 
@@ -31,13 +32,14 @@ UNLIMITED_PATHS = frozenset({"/health/live", "/metrics"})
 
 
 class RequestLimit:
-    """ASGI middleware: at most ``app.state.max_concurrent_requests`` HTTP requests at once.
+    """ASGI middleware: at most ``runtime.max_concurrent_requests`` HTTP requests at once.
 
     The lifespan sets the limit from the settings; without it (no lifespan) nothing is shed.
     """
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, runtime: Runtime) -> None:
         self.app = app
+        self.runtime = runtime
         self.in_flight = 0
         self._shed = 0
         self._logged_at = 0.0
@@ -46,7 +48,7 @@ class RequestLimit:
         if scope["type"] != "http" or scope["path"] in UNLIMITED_PATHS:
             await self.app(scope, receive, send)
             return
-        limit: int | None = getattr(scope["app"].state, "max_concurrent_requests", None)
+        limit = self.runtime.max_concurrent_requests
         if limit is not None and self.in_flight >= limit:
             await self._reject(limit, send)
             return

@@ -9,7 +9,7 @@ import logging
 import time
 from typing import Any, Literal
 
-from app import context
+from app import request_context
 
 __all__ = ["JsonFormatter", "LogFormat", "RequestIdFilter", "TextFormatter", "logging_config"]
 
@@ -30,7 +30,7 @@ class RequestIdFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         if not hasattr(record, "request_id"):
-            record.request_id = context.request_id() or NO_REQUEST
+            record.request_id = request_context.request_id() or NO_REQUEST
         return True
 
 

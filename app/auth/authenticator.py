@@ -2,16 +2,17 @@
 
 from pydantic import Secret
 
+from app.auth.credentials import Passwords, Tokens
+from app.auth.throttle import LoginThrottle
 from app.exceptions import (
     InactiveUserError,
     IncorrectLoginError,
     LoginThrottledError,
     NotAuthenticatedError,
 )
-from app.security import Passwords, Tokens
 from app.services import UserService
-from app.throttle import LoginThrottle
-from app.transactions import Reader, Writer
+from app.units.reader import Reader
+from app.units.writer import Writer
 
 __all__ = ["Authenticator"]
 

@@ -26,7 +26,7 @@ from prometheus_client import (
 )
 from sqlalchemy import Engine, event
 
-from app.context import GateKind
+from app.request_context import GateKind
 
 __all__ = [
     "CONTENT_TYPE",

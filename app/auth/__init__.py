@@ -1,0 +1,1 @@
+"""Who is calling: credentials (password hashes, tokens), login throttling, the authenticator."""

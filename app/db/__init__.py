@@ -1,0 +1,1 @@
+"""The database layer: URLs, engines and their options, SQLite's connection hooks, sessions."""

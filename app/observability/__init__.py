@@ -1,0 +1,1 @@
+"""Logs and metrics: one line per record, Prometheus figures summed over every worker."""

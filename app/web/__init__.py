@@ -1,0 +1,1 @@
+"""What the HTTP layer shares: exceptions as answers, ETags, redacted validation errors."""
