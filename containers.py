@@ -68,30 +68,13 @@ class Container(containers.DeclarativeContainer):
 
     password_hasher = providers.Singleton(PasswordHash.recommended)
     passwords = providers.Factory(Passwords, password_hasher)
-    tokens = providers.Factory(
-        Tokens,
-        secret=settings.provided.SECRET_KEY,
-        expire_minutes=settings.provided.ACCESS_TOKEN_EXPIRE_MINUTES,
-    )
+    tokens = providers.Factory(Tokens.from_settings, settings)
 
     user_service = providers.Factory(UserService, passwords=passwords)
     item_service = providers.Factory(ItemService)
-    login_throttle = providers.Factory(
-        LoginThrottle,
-        secret=settings.provided.SECRET_KEY,
-        max_failures=settings.provided.LOGIN_MAX_FAILURES,
-        failure_window=settings.provided.LOGIN_FAILURE_WINDOW_SECONDS,
-        max_attempts_per_minute=settings.provided.LOGIN_MAX_ATTEMPTS_PER_MINUTE,
-    )
+    login_throttle = providers.Factory(LoginThrottle.from_settings, settings)
     authenticator = providers.Factory(
-        Authenticator,
-        reader,
-        writer,
-        user_service,
-        passwords,
-        tokens,
-        throttle=login_throttle,
-        enabled=settings.provided.AUTH_ENABLED,
+        Authenticator, reader, writer, user_service, passwords, tokens, throttle=login_throttle
     )
 
 

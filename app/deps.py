@@ -16,6 +16,7 @@ from fastapi.security.utils import get_authorization_scheme_param
 from starlette.requests import HTTPConnection
 
 from app.auth.authenticator import Authenticator
+from app.runtime import runtime_of
 from app.services import ItemService, UserService
 from app.units.reader import Reader
 from app.units.writer import Writer
@@ -68,9 +69,9 @@ class _BearerCaller(SecurityBase):
         self.scheme_name = "OAuth2PasswordBearer"
 
     async def __call__(self, request: HTTPConnection) -> int | None:
-        auth: Authenticator = container.authenticator()
-        if not auth.enabled:
+        if not runtime_of(request.app).auth_enabled:
             return None
+        auth: Authenticator = container.authenticator()
         scheme, token = get_authorization_scheme_param(request.headers.get("Authorization"))
         return await auth.caller(token if scheme.lower() == "bearer" and token else None)
 

@@ -51,7 +51,7 @@ class Item(Base):
 
 
 class LoginCounter(Base):
-    """Login attempts for one e-mail or one client address in a fixed window (app.throttle),
+    """Login attempts for one e-mail or one client address in a fixed window (app.auth.throttle),
     keyed by an HMAC of it: the table never holds the e-mail or the address itself."""
 
     __tablename__ = "login_counters"

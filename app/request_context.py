@@ -1,7 +1,7 @@
 """What the code serving one request knows about it: its id, the time it waited at the gates,
 and the WAL position its reads must see (read-your-writes with replicas).
 
-The request middleware (``app.telemetry``) starts a ``RequestContext`` for every request;
+The request middleware (``app.middleware.telemetry``) starts a ``RequestContext`` for every request;
 anything below it reads it through ``current()``, on the event loop and in the worker threads
 that run units of work (anyio's ``to_thread.run_sync`` copies the context into them).
 """
@@ -31,7 +31,7 @@ class RequestContext:
     """Seconds spent waiting for a gate slot, by kind of unit of work."""
     wal_position: int | None = None
     """The primary's WAL position (an LSN) that this request's reads must see: the one the
-    client brought, advanced by the writes it made (``app.consistency``)."""
+    client brought, advanced by the writes it made (``app.middleware.read_your_writes``)."""
 
     @property
     def total_gate_wait(self) -> float:

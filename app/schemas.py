@@ -2,7 +2,7 @@
 
 A field of an ``...Update`` schema that the client leaves out is ``MISSING`` and stays as it
 is; ``null`` is accepted only where the column is nullable (``description``). A password is
-a ``Secret``: its value shows in no ``repr``, log line or error answer (``app.redaction``).
+a ``Secret``: its value shows in no ``repr``, log line or error answer (``app.web.redaction``).
 """
 
 from typing import Annotated, Generic, Literal, NamedTuple, TypeVar

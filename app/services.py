@@ -1,7 +1,7 @@
 """Users and items: the domain logic, taking a session from the caller and never opening one.
 
 Each method taking a ``Session`` is one unit of database work for ``Read`` / ``Write``
-(``app.transactions``), which run it in a worker thread; the caller owns the transaction.
+(``app.units``), which run it in a worker thread; the caller owns the transaction.
 Updates and deletes lock the row they change (``FOR UPDATE`` on PostgreSQL; SQLite writes
 one at a time anyway) and compare ``If-Match`` with its version inside that transaction.
 """

@@ -153,7 +153,7 @@ async def test_async_connections_may_cross_threads(sqlite_async_engine: AsyncEng
 
 def statements_of(engine: Engine) -> list[str]:
     """Every statement SQLite runs on ``engine``'s connections, as sqlite3's trace callback
-    sees them (app.sqlite sends BEGIN on the DBAPI cursor, past SQLAlchemy's events)."""
+    sees them (app.db.sqlite sends BEGIN on the DBAPI cursor, past SQLAlchemy's events)."""
     seen: list[str] = []
 
     @event.listens_for(engine, "checkout")

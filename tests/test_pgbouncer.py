@@ -4,7 +4,7 @@ few times is prepared on one server connection, and the next transaction, on ano
 connection, fails with 'prepared statement "_pg3_0" does not exist'.
 
 Only writes show it: psycopg forgets its prepared statements at every ROLLBACK, which is how
-every read ends (app.transactions), so reads never get to prepare one."""
+every read ends (app.units), so reads never get to prepare one."""
 
 from collections.abc import AsyncIterator, Iterator
 from contextlib import ExitStack

@@ -1,4 +1,4 @@
-"""app.transactions.Reader / Writer: a unit of work takes one worker thread, a gate slot and a
+"""app.units: Reader / Writer: a unit of work takes one worker thread, a gate slot and a
 session; a read cannot write."""
 
 import contextlib

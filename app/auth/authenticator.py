@@ -19,11 +19,7 @@ __all__ = ["Authenticator"]
 
 class Authenticator:
     """OAuth2's password flow and bearer tokens over the users table; logins go through the
-    throttle.
-
-    With ``enabled`` false (``AUTH_ENABLED``) every request is anonymous and allowed, as in
-    the tutorial.
-    """
+    throttle. Only an app created with ``AUTH_ENABLED`` asks it anything."""
 
     def __init__(
         self,
@@ -34,9 +30,7 @@ class Authenticator:
         tokens: Tokens,
         *,
         throttle: LoginThrottle,
-        enabled: bool,
     ) -> None:
-        self.enabled = enabled
         self._read, self._write = read, write
         self._users, self._passwords, self._tokens = users, passwords, tokens
         self._throttle = throttle
@@ -61,10 +55,8 @@ class Authenticator:
         await self._write(self._throttle.succeeded, email)
         return self._tokens.issue(user.id)
 
-    async def caller(self, token: str | None) -> int | None:
-        """The id of the active user the token names; ``None`` when auth is off."""
-        if not self.enabled:
-            return None
+    async def caller(self, token: str | None) -> int:
+        """The id of the active user the token names."""
         if token is None:
             raise NotAuthenticatedError("Not authenticated")
         user_id = await self._read(self._users.get_active, self._tokens.user_id(token))

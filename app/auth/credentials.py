@@ -9,6 +9,7 @@ from pwdlib import PasswordHash
 from pwdlib.exceptions import UnknownHashError
 from pydantic import Secret, SecretStr
 
+from app.config import Settings
 from app.exceptions import NotAuthenticatedError
 
 __all__ = ["ALGORITHM", "Passwords", "Tokens"]
@@ -57,6 +58,11 @@ class Tokens:
     def __init__(self, secret: SecretStr | None, expire_minutes: int) -> None:
         self._secret = secret
         self._lifetime = dt.timedelta(minutes=expire_minutes)
+
+    @classmethod
+    def from_settings(cls, s: Settings) -> "Tokens":
+        """``SECRET_KEY`` and ``ACCESS_TOKEN_EXPIRE_MINUTES``."""
+        return cls(s.SECRET_KEY, s.ACCESS_TOKEN_EXPIRE_MINUTES)
 
     def issue(self, user_id: int, *, now: dt.datetime | None = None) -> str:
         issued = now or dt.datetime.now(dt.UTC)

@@ -12,6 +12,7 @@ from sqlalchemy import delete
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from app.config import Settings
 from app.models import LoginCounter
 
 __all__ = ["ADDRESS_WINDOW_SECONDS", "LoginThrottle"]
@@ -45,6 +46,16 @@ class LoginThrottle:
         self.failure_window = failure_window
         self.max_attempts_per_minute = max_attempts_per_minute
         self._clock = clock
+
+    @classmethod
+    def from_settings(cls, s: Settings) -> "LoginThrottle":
+        """``SECRET_KEY`` and the ``LOGIN_*`` settings."""
+        return cls(
+            s.SECRET_KEY,
+            max_failures=s.LOGIN_MAX_FAILURES,
+            failure_window=s.LOGIN_FAILURE_WINDOW_SECONDS,
+            max_attempts_per_minute=s.LOGIN_MAX_ATTEMPTS_PER_MINUTE,
+        )
 
     def admit(self, session: Session, email: str, address: str) -> int | None:
         """Count a login attempt; ``None`` when it may go ahead, else the seconds to wait.

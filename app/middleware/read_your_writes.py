@@ -41,7 +41,7 @@ def brought_position(headers: list[tuple[bytes, bytes]]) -> int | None:
 
 
 class ReadYourWrites:
-    """ASGI middleware, inside ``app.telemetry``'s (it needs the request's context);
+    """ASGI middleware, inside ``app.middleware.telemetry``'s (it needs the request's context);
     installed only when replicas are configured."""
 
     def __init__(self, app: ASGIApp) -> None:

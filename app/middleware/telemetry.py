@@ -70,7 +70,7 @@ class Telemetry:
             if message["type"] == "http.response.start":
                 status = message["status"]
                 headers = list(message.get("headers", ()))
-                if all(name.lower() != _HEADER for name, _ in headers):  # app.errors' 500s
+                if all(name.lower() != _HEADER for name, _ in headers):  # app.web.errors' 500s
                     headers.append(header)
                 message = {**message, "headers": headers}
             await send(message)

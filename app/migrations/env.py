@@ -17,7 +17,7 @@ def _configure(**options: Any) -> None:
         # recreate the table there and are plain ALTERs on PostgreSQL.
         render_as_batch=True,
         compare_server_default=True,
-        # app.sqlite makes SQLite transactions explicit, so DDL is transactional there too:
+        # app.db.sqlite makes SQLite transactions explicit, so DDL is transactional there too:
         # a failed upgrade leaves no half-migrated schema on either backend.
         transactional_ddl=True,
         **options,
