@@ -13,7 +13,8 @@ from app.config import Settings
 from app.lifespan import replicas_configured
 from app.main import create_app
 from app.middleware.read_your_writes import COOKIE, HEADER, brought_position
-from app.replicas.replica_set import Replica, ReplicaSet, format_lsn, parse_lsn
+from app.replicas.positions import format_lsn, parse_lsn
+from app.replicas.replica_set import Replica, ReplicaSet
 from app.testing.plugin import BACKEND
 from app.units.gate import Gate
 from app.units.writer import Writer

@@ -12,7 +12,7 @@ import re
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import request_context
-from app.replicas.replica_set import format_lsn, parse_lsn
+from app.replicas.positions import format_lsn, parse_lsn
 
 __all__ = ["COOKIE", "HEADER", "ReadYourWrites", "brought_position"]
 

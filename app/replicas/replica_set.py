@@ -4,29 +4,27 @@ A ``ReplicaSet`` (built by the container from DATABASE_REPLICA_URLS) holds a ``R
 streaming standby: its engine, its session factory and its last known state. ``Reader``
 asks it which replicas may serve a read, in what order; ``monitor()`` refreshes their
 state in the background, in worker threads, every DB_REPLICA_CHECK_SECONDS. A WAL position
-is an LSN as an integer; ``parse_lsn`` and ``format_lsn`` read and write PostgreSQL's text
-form (``16/B374D848``).
+is an LSN as an integer (``app.replicas.positions``).
 """
 
 import itertools
 import logging
 import math
-import re
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
 
 import anyio
 import anyio.to_thread
-from sqlalchemy import Connection, Engine, text
+from sqlalchemy import Engine, text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from app.db.session import AppSession
 from app.observability import metrics
+from app.replicas.positions import REPLAYED, parse_lsn
 
 __all__ = [
     "CHECK_TIMEOUT_SECONDS",
@@ -34,10 +32,6 @@ __all__ = [
     "Replica",
     "ReplicaSet",
     "build_replicas",
-    "format_lsn",
-    "insert_position",
-    "parse_lsn",
-    "replayed_position",
 ]
 
 log = logging.getLogger("app")
@@ -47,58 +41,17 @@ PRIMARY = "engine"
 CHECK_TIMEOUT_SECONDS = 2.0
 """A replica whose check has not answered within this is unreachable until one does."""
 
-_LSN = re.compile(r"([0-9A-Fa-f]{1,8})/([0-9A-Fa-f]{1,8})")
-# What a server has replayed: a standby's replay position; a server out of recovery (a
-# promoted standby, or a replica URL that names the primary) sees all it has inserted.
-_REPLAYED = (
-    "CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() "
-    "ELSE pg_current_wal_insert_lsn() END"
-)
-_POSITION = text(f"SELECT ({_REPLAYED})::text")
 # The replica's own view of its lag: none when it has replayed all it received, else the age
 # of the last transaction it replayed (an overestimate after an idle spell, until it has
 # replayed the new WAL). Blind to WAL the primary has not sent yet: see ReplicaSet._behind.
 _STATE = text(
-    f"SELECT ({_REPLAYED})::text, CASE WHEN NOT pg_is_in_recovery() "
+    f"SELECT ({REPLAYED})::text, CASE WHEN NOT pg_is_in_recovery() "
     "OR pg_last_wal_receive_lsn() IS NULL "
     "OR pg_last_wal_receive_lsn() <= pg_last_wal_replay_lsn() THEN 0 "
     "ELSE GREATEST(0, EXTRACT(EPOCH FROM now() - pg_last_xact_replay_timestamp())) END"
 )
-_INSERT_POSITION = "SELECT pg_current_wal_insert_lsn()::text"
 # What the primary has flushed, so may send: a replica can replay up to here.
 _FLUSHED = text("SELECT pg_current_wal_flush_lsn()::text")
-
-
-def parse_lsn(value: str) -> int | None:
-    """``"16/B374D848"`` -> its position; None unless it is an LSN as PostgreSQL writes one."""
-    found = _LSN.fullmatch(value)
-    return None if found is None else int(found[1], 16) << 32 | int(found[2], 16)
-
-
-def format_lsn(position: int) -> str:
-    """A position in PostgreSQL's text form: ``16/B374D848``."""
-    return f"{position >> 32:X}/{position & 0xFFFFFFFF:X}"
-
-
-def insert_position(dbapi_connection: Any) -> int:
-    """The primary's WAL insert position, read on an idle psycopg connection in one round
-    trip, outside any transaction: past the commit record of every transaction that has
-    committed on it. (``pg_current_wal_lsn()``, the write position, can still be before
-    that record with ``synchronous_commit=off``.)"""
-    autocommit = dbapi_connection.autocommit
-    dbapi_connection.autocommit = True
-    try:
-        with dbapi_connection.cursor() as cursor:
-            cursor.execute(_INSERT_POSITION)
-            (value,) = cursor.fetchone()
-    finally:
-        dbapi_connection.autocommit = autocommit
-    return parse_lsn(value) or 0
-
-
-def replayed_position(connection: Connection) -> int:
-    """What the server behind ``connection`` has replayed, read in its transaction."""
-    return parse_lsn(connection.execute(_POSITION).scalar() or "") or 0
 
 
 @dataclass(eq=False)

@@ -14,13 +14,8 @@ from sqlalchemy.orm import Session
 
 from app.db.session import AppSession
 from app.exceptions import DATABASE_FAILURES
-from app.replicas.replica_set import (
-    PRIMARY,
-    Replica,
-    ReplicaSet,
-    insert_position,
-    replayed_position,
-)
+from app.replicas.positions import insert_position, replayed_position
+from app.replicas.replica_set import PRIMARY, Replica, ReplicaSet
 
 __all__ = ["committed_position", "run_routed", "track_commit_position"]
 
