@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session
 
 import app.models  # noqa: F401  (registers every table on Base.metadata)
 from app.base import Base
+from app.db.urls import backend
 from containers import container
 
 if TYPE_CHECKING:
@@ -93,7 +94,7 @@ def lock_schema(connection: Connection) -> None:
     ``create_all`` and migrations take it. On SQLite the transaction's ``BEGIN IMMEDIATE``
     already queues them.
     """
-    if connection.dialect.name == "postgresql":
+    if backend(connection) == "postgresql":
         connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK_KEY})
 
 

@@ -13,6 +13,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from app.config import Settings
+from app.db.urls import backend
 from app.models import LoginCounter
 
 __all__ = ["ADDRESS_WINDOW_SECONDS", "LoginThrottle"]
@@ -78,8 +79,7 @@ class LoginThrottle:
     def _hit(self, session: Session, key: str, now: float, window: int) -> tuple[int, float]:
         """One more hit on ``key``'s counter, which starts a window if it has none: its hits
         and the window's end, read in the same statement."""
-        dialect = session.get_bind().dialect.name
-        insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+        insert = postgresql.insert if backend(session.get_bind()) == "postgresql" else sqlite.insert
         statement = (
             insert(LoginCounter)
             .values(key=key, hits=1, expires_at=now + window)

@@ -7,6 +7,7 @@ from alembic.util import CommandError
 from sqlalchemy import Connection
 
 from app.database import Base, lock_schema
+from app.db.urls import backend
 from containers import container
 
 
@@ -33,7 +34,7 @@ def _run_offline() -> None:
 def _run_online() -> None:
     with container.engine().connect() as connection:
         _configure(connection=connection)
-        on_sqlite = connection.dialect.name == "sqlite"
+        on_sqlite = backend(connection) == "sqlite"
         if on_sqlite:
             # A batch operation recreates its table, and dropping a referenced table with
             # enforcement on fails. SQLite ignores this pragma inside a transaction, so it is
