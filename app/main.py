@@ -96,8 +96,7 @@ def create_app() -> FastAPI:
     app.add_middleware(BodyLimit, max_bytes=container.settings().MAX_BODY_BYTES)
     add_cors(app, container.settings().CORS_ORIGINS)  # outside both: refusals get CORS headers
     app.add_middleware(Telemetry)  # outermost: it sees, labels and logs every request
-    for router in (*routers.AUTH_ROUTERS, *routers.ROUTERS) if auth_enabled else routers.ROUTERS:
-        app.include_router(router)
+    routers.mount(app, auth_enabled=auth_enabled)
     if not auth_enabled:
         generate = app.openapi
         app.openapi = lambda: _without_auth(generate())  # type: ignore[method-assign]

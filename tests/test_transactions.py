@@ -28,7 +28,7 @@ from app.sqlite import is_sqlite
 from app.testing.plugin import count_rows, engine_pair
 from app.transactions import Gate, Reader, Writer
 from containers import build_async_engine, build_engine, container
-from tests.factories import add_user, new_user
+from tests.factories import add, new_user
 
 
 def _checked_out(engine: Engine) -> int:
@@ -39,7 +39,7 @@ def _checked_out(engine: Engine) -> int:
 async def test_a_read_runs_in_a_worker_thread_inside_a_transaction_and_closes_it(
     schema: Engine,
 ) -> None:
-    user_id = add_user("reader@example.com")
+    user_id = add(User, email="reader@example.com")
     seen: dict[str, Any] = {}
 
     def email_of(session: Session, wanted: int) -> str | None:
@@ -203,7 +203,7 @@ def _delete_statement(session: Session) -> None:
 async def test_a_read_that_writes_fails_loudly_and_changes_nothing(
     schema: Engine, work: Callable[[Session], None]
 ) -> None:
-    add_user("kept@example.com")
+    add(User, email="kept@example.com")
     read = Reader(Gate(capacity=1, timeout=1), container.session)
     with pytest.raises(WriteInReadError, match=work.__name__):
         await read(work)

@@ -6,13 +6,13 @@ from pydantic import BaseModel
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from app.deps import Read
+from app.deps import Public, Read
 from app.errors import responses
 from app.exceptions import ShuttingDownError
 from app.replicas import ReplicaSet
 from app.transactions import DATABASE_FAILURES, Reader
 
-router = APIRouter(tags=["health"], responses=responses(503))
+router = APIRouter(tags=["health"], responses=responses(503), dependencies=[Public])
 
 
 class EngineHealth(BaseModel):

@@ -4,8 +4,9 @@ import anyio.to_thread
 from fastapi import APIRouter, HTTPException, Request, Response
 
 from app import metrics
+from app.deps import Public
 
-router = APIRouter(tags=["operations"])
+router = APIRouter(tags=["operations"], dependencies=[Public])  # METRICS_ENABLED guards it
 
 
 @router.get("/metrics", include_in_schema=False, response_class=Response)
