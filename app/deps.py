@@ -105,7 +105,7 @@ Owner = Annotated[int | None, Depends(_owner)]
 """As ``Caller``, and marks the operation owner-only: pass it to the service as
 ``caller_id`` (which refuses someone else's row with 403)."""
 CurrentUser = Annotated[int, Depends(_current_user)]
-"""The caller's id, for routes that exist only with auth on (``AUTH_ROUTERS``)."""
+"""The caller's id, for routes that exist only with auth on (a module with ``AUTH_ONLY``)."""
 IfMatch = Annotated[
     str | None,
     Header(

@@ -8,6 +8,7 @@ lifespan wires every module of this package.
 
 import importlib
 import pkgutil
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -19,7 +20,7 @@ from fastapi.routing import APIRoute
 from app.deps import REQUIRE_TOKEN, policy
 from app.errors import responses
 
-__all__ = ["mount", "routers"]
+__all__ = ["mount", "policy_table", "routers"]
 
 
 def routers(*, auth_enabled: bool) -> list[APIRouter]:
@@ -54,6 +55,19 @@ def mount(app: FastAPI, *, auth_enabled: bool) -> None:
                 dependencies=[REQUIRE_TOKEN] if deny else None,
                 responses=responses(401) if deny else None,
             )
+
+
+def policy_table() -> str:
+    """Who may call each operation with AUTH_ENABLED on, as a Markdown table (``app routes``)."""
+    rows = ["| operation | with auth on | |", "|---|---|---|"]
+    for router in routers(auth_enabled=True):
+        for route in router.routes:
+            if isinstance(route, APIRoute) and route.include_in_schema:
+                summary = re.split(r"[.;]\s", " ".join(route.description.split()))[0].rstrip(".")
+                for method in sorted(route.methods or ()):
+                    access = policy(route.dependant) or "authenticated"
+                    rows.append(f"| `{method} {route.path}` | {access} | {summary} |")
+    return "\n".join(rows)
 
 
 def _check_ids(router: APIRouter) -> None:
