@@ -244,7 +244,14 @@ def test_patch_user_changes_the_fields_sent_and_rehashes_a_new_password(
 
 
 @pytest.mark.parametrize(
-    "body", [{"email": None}, {"email": "not-an-email"}, {"password": ""}, {"is_active": None}]
+    "body",
+    [
+        {"email": None},
+        {"email": "not-an-email"},
+        {"password": ""},
+        {"is_active": None},
+        {"is_active": 0},
+    ],
 )
 def test_patch_user_rejects_bad_fields(client: TestClient, body: dict[str, Any]) -> None:
     user = create_user(client)
