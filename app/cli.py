@@ -1,4 +1,4 @@
-"""The ``app`` command: ``app serve``, ``app init-db`` and ``app db ...`` (Alembic)."""
+"""The ``app`` command: ``app serve``, ``app init-db``, ``app routes``, ``app db ...`` (Alembic)."""
 
 import argparse
 import logging
@@ -103,6 +103,13 @@ def _init_db(args: argparse.Namespace) -> int:
         where = make_url(s.DATABASE_URL).render_as_string(hide_password=True)
         print(f"app: cannot create the schema on {where}: {_reason(error)}", file=sys.stderr)
         return 1
+    return 0
+
+
+def _routes(args: argparse.Namespace) -> int:
+    from app.routers import policy_table
+
+    print(policy_table())
     return 0
 
 
@@ -236,6 +243,11 @@ def _parser() -> argparse.ArgumentParser:
         "init-db", help="create the schema: create_all on a default SQLite, else upgrade head"
     )
     init_db.set_defaults(handler=_init_db)
+
+    routes = commands.add_parser(
+        "routes", help="print every operation and who may call it with AUTH_ENABLED on"
+    )
+    routes.set_defaults(handler=_routes)
 
     _db_parser(commands)
     return parser

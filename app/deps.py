@@ -1,14 +1,20 @@
-"""What endpoints receive: one ``Annotated`` alias per injected object, resolved by wiring.
+"""What endpoints share: the units of work, the access policies, ``If-Match``.
 
-An endpoint decorated with ``@inject`` takes ``read: Read`` or ``users: Users`` and gets the
-container's current object. Adding a service means one alias here; ``app.main`` wires this
-module and every module of ``app.routers`` at startup.
+An endpoint decorated with ``@inject`` takes ``read: Read`` or ``write: Write`` and gets the
+container's current object; an alias used by one router (``Users``, ``Items``) lives beside
+it, as ``Annotated[UserService, Depends(AsyncProvide[Container.user_service])]``. The lifespan
+wires every module of ``app.routers``.
+
+With AUTH_ENABLED on, a route says who may call it: ``Public`` (anyone), ``caller: Caller``
+(any valid token), ``owner: Owner`` (the row's owner; passed to the service as
+``caller_id``). A route that says nothing needs a valid token (``app.routers.mount``).
 """
 
-from typing import Annotated
+from typing import Annotated, Any, Literal
 
 from dependency_injector.wiring import Provide
 from fastapi import Depends, Header
+from fastapi.dependencies.models import Dependant
 from fastapi.openapi.models import OAuth2 as OAuth2Model
 from fastapi.openapi.models import OAuthFlowPassword, OAuthFlows
 from fastapi.security.base import SecurityBase
@@ -17,22 +23,22 @@ from starlette.requests import HTTPConnection
 
 from app.auth.authenticator import Authenticator
 from app.runtime import runtime_of
-from app.services import ItemService, UserService
 from app.units.reader import Reader
 from app.units.writer import Writer
 from containers import Container, container
 
 __all__ = [
+    "REQUIRE_TOKEN",
     "AsyncProvide",
-    "Auth",
     "Caller",
     "CurrentUser",
     "IfMatch",
-    "Items",
     "Owner",
+    "Policy",
+    "Public",
     "Read",
-    "Users",
     "Write",
+    "policy",
 ]
 
 
@@ -50,9 +56,6 @@ class AsyncProvide(Provide):  # type: ignore[misc,valid-type]
 
 Read = Annotated[Reader, Depends(AsyncProvide[Container.reader])]
 Write = Annotated[Writer, Depends(AsyncProvide[Container.writer])]
-Users = Annotated[UserService, Depends(AsyncProvide[Container.user_service])]
-Items = Annotated[ItemService, Depends(AsyncProvide[Container.item_service])]
-Auth = Annotated[Authenticator, Depends(AsyncProvide[Container.authenticator])]
 
 
 class _BearerCaller(SecurityBase):
@@ -82,8 +85,19 @@ _owner = _BearerCaller()  # the same check; a separate dependency marks owner-on
 
 async def _current_user(caller: Annotated[int | None, Depends(_caller)]) -> int:
     if caller is None:
-        raise LookupError("CurrentUser needs AUTH_ENABLED: mount the route in AUTH_ROUTERS")
+        raise LookupError("CurrentUser needs AUTH_ENABLED: set AUTH_ONLY = True in its module")
     return caller
+
+
+async def _public() -> None:
+    """Marks a public route; nothing to check."""
+
+
+Public = Depends(_public)
+"""``@router.get(..., dependencies=[Public])`` (or ``APIRouter(dependencies=[Public])``):
+anyone may call the route, also with AUTH_ENABLED on."""
+REQUIRE_TOKEN = Depends(_caller)
+"""What ``app.routers.mount`` adds, with AUTH_ENABLED on, to a route that declares no policy."""
 
 
 Caller = Annotated[int | None, Depends(_caller)]
@@ -93,7 +107,7 @@ Owner = Annotated[int | None, Depends(_owner)]
 """As ``Caller``, and marks the operation owner-only: pass it to the service as
 ``caller_id`` (which refuses someone else's row with 403)."""
 CurrentUser = Annotated[int, Depends(_current_user)]
-"""The caller's id, for routes that exist only with auth on (``AUTH_ROUTERS``)."""
+"""The caller's id, for routes that exist only with auth on (a module with ``AUTH_ONLY``)."""
 IfMatch = Annotated[
     str | None,
     Header(
@@ -101,3 +115,25 @@ IfMatch = Annotated[
         "still at that version, else 412"
     ),
 ]
+
+
+Policy = Literal["public", "authenticated", "owner"]
+
+
+def policy(dependant: Dependant) -> Policy | None:
+    """Who may call the operation with AUTH_ENABLED on, read off its dependencies: ``owner``
+    (``Owner``), ``authenticated`` (``Caller``, ``CurrentUser``), ``public`` (``Public``);
+    ``None`` when it declares none."""
+    calls: set[Any] = set()
+    pending = list(dependant.dependencies)
+    while pending:
+        dependency = pending.pop()
+        calls.add(dependency.call)
+        pending.extend(dependency.dependencies)
+    if _owner in calls:
+        return "owner"
+    if _caller in calls:
+        return "authenticated"
+    if _public in calls:
+        return "public"
+    return None

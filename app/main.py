@@ -39,8 +39,7 @@ def create_app() -> FastAPI:
     app.add_middleware(BodyLimit, max_bytes=s.MAX_BODY_BYTES)
     add_cors(app, s.CORS_ORIGINS)  # outside both: refusals get CORS headers
     app.add_middleware(Telemetry, runtime=runtime)  # outermost: it sees, labels and logs all
-    for router in (*routers.AUTH_ROUTERS, *routers.ROUTERS) if auth_enabled else routers.ROUTERS:
-        app.include_router(router)
+    routers.mount(app, auth_enabled=auth_enabled)
     if not auth_enabled:
         generate = app.openapi
         app.openapi = lambda: _without_auth(generate())  # type: ignore[method-assign]

@@ -1,18 +1,36 @@
 """ORM models: users and the items they own; the login throttle's counters."""
 
+from typing import Any
+
 from sqlalchemy import ForeignKey, String
-from sqlalchemy.orm import Mapped, mapped_column, relationship
+from sqlalchemy.orm import Mapped, declared_attr, mapped_column, relationship
 
 from app.base import Base
 
-__all__ = ["Item", "LoginCounter", "User"]
+__all__ = ["Item", "LoginCounter", "Owned", "User"]
 
 # Ids are never reused (SQLite would hand a deleted row's id to the next insert): a token or
 # an ETag that names a deleted row must not come to name a new one.
 _NEVER_REUSE_IDS = {"sqlite_autoincrement": True}
 
 
-class User(Base):
+class Owned:
+    """A row that one user may change (with auth on) and whose version is its ETag."""
+
+    version: Mapped[int] = mapped_column(server_default="1")
+
+    # Every UPDATE and DELETE checks and bumps the version: the ETag, and no lost updates.
+    @declared_attr.directive
+    def __mapper_args__(cls) -> dict[str, Any]:  # noqa: N805  (called with the class)
+        return {"version_id_col": cls.version}
+
+    @property
+    def owned_by(self) -> int | None:
+        """The id of the user who may change the row (``None``: nobody)."""
+        raise NotImplementedError
+
+
+class User(Owned, Base):
     __tablename__ = "users"
     __table_args__ = _NEVER_REUSE_IDS
 
@@ -20,7 +38,6 @@ class User(Base):
     email: Mapped[str] = mapped_column(String(320), unique=True, index=True)
     hashed_password: Mapped[str] = mapped_column(String(255))
     is_active: Mapped[bool] = mapped_column(default=True, server_default="1")
-    version: Mapped[int] = mapped_column(server_default="1")
 
     items: Mapped[list["Item"]] = relationship(
         back_populates="owner",
@@ -31,11 +48,12 @@ class User(Base):
         passive_deletes=True,
     )
 
-    # Every UPDATE and DELETE checks and bumps the version: the ETag, and no lost updates.
-    __mapper_args__ = {"version_id_col": version}  # noqa: RUF012  (read once, at mapping)
+    @property
+    def owned_by(self) -> int:
+        return self.id  # a user owns itself
 
 
-class Item(Base):
+class Item(Owned, Base):
     __tablename__ = "items"
     __table_args__ = _NEVER_REUSE_IDS
 
@@ -43,11 +61,12 @@ class Item(Base):
     title: Mapped[str] = mapped_column(String(200), index=True)
     description: Mapped[str | None] = mapped_column(String(2000))
     owner_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
-    version: Mapped[int] = mapped_column(server_default="1")
 
     owner: Mapped[User] = relationship(back_populates="items", lazy="raise_on_sql")
 
-    __mapper_args__ = {"version_id_col": version}  # noqa: RUF012  (read once, at mapping)
+    @property
+    def owned_by(self) -> int:
+        return self.owner_id
 
 
 class LoginCounter(Base):

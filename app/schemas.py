@@ -7,7 +7,16 @@ a ``Secret``: its value shows in no ``repr``, log line or error answer (``app.we
 
 from typing import Annotated, Generic, Literal, NamedTuple, TypeVar
 
-from pydantic import MISSING, BaseModel, ConfigDict, EmailStr, Field, Secret, StringConstraints
+from pydantic import (
+    MISSING,
+    BaseModel,
+    ConfigDict,
+    EmailStr,
+    Field,
+    Secret,
+    StrictBool,
+    StringConstraints,
+)
 
 __all__ = [
     "Deleted",
@@ -86,7 +95,7 @@ class UserUpdate(BaseModel):
 
     email: Email | MISSING = MISSING
     password: Password | MISSING = MISSING
-    is_active: bool | MISSING = MISSING
+    is_active: StrictBool | MISSING = MISSING  # JSON's true or false, as the schema says
 
 
 class UserRead(BaseModel):

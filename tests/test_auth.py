@@ -25,7 +25,7 @@ from app.models import User
 from app.testing.plugin import bearer, with_auth
 from containers import container
 from tests.conftest import run_app
-from tests.factories import PASSWORD, add_user, create_user, unique_email
+from tests.factories import PASSWORD, add, create_user, unique_email
 
 BEARER = {"www-authenticate": "Bearer"}
 
@@ -109,7 +109,7 @@ def test_an_inactive_user_with_the_right_password_is_400(auth_client: TestClient
 def test_an_outdated_hash_is_replaced_at_login(auth_client: TestClient) -> None:
     old = PasswordHash((Argon2Hasher(time_cost=1, memory_cost=512, parallelism=1),))
     email = unique_email()
-    user_id = add_user(email, hashed_password=old.hash(PASSWORD))
+    user_id = add(User, email=email, hashed_password=old.hash(PASSWORD))
     assert login(auth_client, email)[0] == 200
     with SessionLocal() as session:
         stored = session.scalars(select(User.hashed_password).where(User.id == user_id)).one()
@@ -172,7 +172,7 @@ def alg_none(user_id: int) -> str:
 def test_a_request_without_a_valid_token_is_401(
     auth_client: TestClient, case: str, detail: str
 ) -> None:
-    user_id = add_user()
+    user_id = add(User)
     tokens: Tokens = container.tokens()
     past = dt.datetime.now(dt.UTC) - dt.timedelta(hours=2)
     header = {

@@ -1,10 +1,12 @@
 """Who may do what: every operation x {no token, bad token, expired token, other user, owner},
-with AUTH_ENABLED off and on. The policy is read off each route's dependencies (``Owner``,
-``Caller``) and must match the README's table; the behaviour must match the policy."""
+with AUTH_ENABLED off and on. The policy is read off each route's dependencies (``Public``,
+``Caller``, ``Owner``; none: a token), the rows and ids off ``Base.metadata``; the behaviour
+must match the policy. A router dropped into ``app.routers`` is mounted, and denies by default.
+"""
 
 import datetime as dt
-import re
-from collections.abc import Iterator
+import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -13,17 +15,18 @@ from fastapi.testclient import TestClient
 from pydantic import SecretStr
 from sqlalchemy import Engine
 
+from app import routers
 from app.auth.credentials import Tokens
 from app.config import Settings
+from app.database import Base
 from app.main import create_app
-from app.models import Item, User
+from app.models import User
 from app.testing import routes
 from app.testing.plugin import count_rows, with_auth
 from containers import container
-from tests.factories import PASSWORD, add_item, add_user, unique_email
+from tests.factories import PASSWORD, add, id_name, seed_ids, unique_email
 
 IDENTITIES = ("no token", "bad token", "expired token", "other user", "owner")
-README = Path(__file__).resolve().parent.parent / "README.md"
 
 
 def expected_status(auth: bool, policy: routes.Access, identity: str) -> int:
@@ -77,14 +80,13 @@ def test_every_operation_answers_every_caller_as_its_policy_says(
     for identity in IDENTITIES:
         for template, method in sorted(policies):
             owner_email = unique_email("owner")
-            owner = add_user(
-                owner_email, hashed_password=container.password_hasher().hash(PASSWORD)
-            )
-            other = add_user()
-            item = add_item(owner)
+            hashed = container.password_hasher().hash(PASSWORD)
+            owner = add(User, email=owner_email, hashed_password=hashed)
+            other = add(User)
+            ids = seed_ids(**{id_name(User): owner})  # a row of every table, owned by owner
             [request] = [
                 r
-                for r in routes.example_requests(app, {"user_id": owner, "item_id": item})
+                for r in routes.example_requests(app, ids)
                 if (r.template, r.method) == (template, method)
             ]
             body = request.body
@@ -92,7 +94,7 @@ def test_every_operation_answers_every_caller_as_its_policy_says(
                 body["email"] = unique_email("new")
             if body is not None and "username" in body:
                 body.update(username=owner_email, password=PASSWORD)
-            users, items = count_rows(User), count_rows(Item)
+            before = row_counts()
             response = request.send(client, headers=headers_for(identity, owner, other, auth))
             want = expected_status(auth, policies[template, method], identity)
             outcomes.append((method, template, identity, response.status_code, want))
@@ -101,7 +103,7 @@ def test_every_operation_answers_every_caller_as_its_policy_says(
             if want == 403:
                 assert response.json() == {"detail": "Not enough permissions"}
             if want != 200:  # a refused request changes nothing
-                assert (count_rows(User), count_rows(Item)) == (users, items)
+                assert row_counts() == before
     wrong = [o for o in outcomes if o[3] != o[4]]
     assert wrong == [], "\n".join(
         f"{m} {t} as {i}: {got}, want {want}" for m, t, i, got, want in wrong
@@ -110,15 +112,67 @@ def test_every_operation_answers_every_caller_as_its_policy_says(
     assert set(policies.values()) == {"public", "authenticated", "owner"}
 
 
-def readme_policy() -> dict[tuple[str, str], str]:
-    """The README's policy table: ``| `METHOD /path` | policy |`` rows."""
-    rows = re.findall(
-        r"^\| `(GET|POST|PATCH|DELETE|PUT) ([^`]+)` \| (\w+) \|", README.read_text(), re.M
-    )
-    return {(path, method): policy for method, path, policy in rows}
+def row_counts() -> dict[str, int]:
+    return {m.class_.__tablename__: count_rows(m.class_) for m in Base.registry.mappers}
 
 
-def test_the_readme_policy_table_is_the_apps(settings: Settings) -> None:
-    with container.settings.override(with_auth(settings)):
-        app = create_app()
-    assert readme_policy() == operations(app)
+DROPPED = """
+from fastapi import APIRouter
+
+from app.routers.paging import Id
+
+router = APIRouter(prefix="/dropped")
+
+
+@router.get("/{thing_id}")
+async def read_thing(thing_id: ID_TYPE) -> dict[str, int]:
+    \"\"\"A route that says nothing about who may call it.\"\"\"
+    return {"id": thing_id}
+"""
+
+
+@pytest.fixture
+def drop_router(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[str], None]]:
+    """Puts a module ``dropped`` into the ``app.routers`` package (from a folder added to
+    its ``__path__``, as a file beside the others would be), found by the real discovery."""
+
+    def drop(id_type: str) -> None:
+        (tmp_path / "dropped.py").write_text(DROPPED.replace("ID_TYPE", id_type))
+        monkeypatch.setattr(routers, "__path__", [*routers.__path__, str(tmp_path)])
+
+    yield drop
+    sys.modules.pop("app.routers.dropped", None)
+    vars(routers).pop("dropped", None)
+
+
+def test_a_router_dropped_into_the_package_needs_a_token_with_auth_on(
+    drop_router: Callable[[str], None], schema: Engine, settings: Settings
+) -> None:
+    drop_router("Id")
+    with container.settings.override(with_auth(settings)), TestClient(create_app()) as client:
+        refused = client.get("/dropped/1")
+        token = container.tokens().issue(add(User))
+        allowed = client.get("/dropped/1", headers={"Authorization": f"Bearer {token}"})
+    assert refused.status_code == 401
+    assert refused.headers["www-authenticate"] == "Bearer"
+    assert allowed.json() == {"id": 1}
+    with TestClient(create_app()) as client:  # auth off: open, as every route is
+        assert client.get("/dropped/1").json() == {"id": 1}
+
+
+def test_a_router_with_an_unbounded_id_is_refused_at_startup(
+    drop_router: Callable[[str], None],
+) -> None:
+    drop_router("int")
+    with pytest.raises(TypeError, match=r"/dropped/\{thing_id\}: .*app.routers.paging.Id"):
+        create_app()
+
+
+def test_a_huge_id_is_a_422_on_every_route(served: tuple[FastAPI, TestClient, bool]) -> None:
+    app, client, auth = served
+    user = add(User)
+    headers = {"Authorization": f"Bearer {container.tokens().issue(user)}"} if auth else {}
+    for request in routes.example_requests(app, 2**70):
+        if "{" in request.template:
+            response = request.send(client, headers=headers)
+            assert response.status_code == 422, (request.method, request.template)

@@ -1,13 +1,19 @@
 """The ``app`` command, run as users run it: a subprocess with the environment as config."""
 
 import json
+import re
 from pathlib import Path
 
 import httpx2
 import pytest
 from sqlalchemy import create_engine, inspect
 
+from app.config import Settings
+from app.main import create_app
+from app.testing import routes
+from app.testing.plugin import with_auth
 from app.testing.server import LiveServer
+from containers import container
 from tests.conftest import run_app
 
 
@@ -84,3 +90,25 @@ def test_serve_takes_the_client_address_from_trusted_proxies_only(
         if '"request_id": "proxied"' in line
     ]
     assert line["client"].startswith(client)
+
+
+def test_routes_prints_the_policy_of_every_operation_the_app_serves_with_auth_on(
+    settings: Settings, tmp_path: Path
+) -> None:
+    result = run_app("routes", env={}, cwd=tmp_path, timeout=60)
+    assert result.returncode == 0, result.stderr
+    printed = {
+        (path, method): access
+        for method, path, access in re.findall(
+            r"^\| `(\w+) ([^`]+)` \| (\w+) \|", result.stdout, re.M
+        )
+    }
+    with container.settings.override(with_auth(settings)):
+        app = create_app()
+    served = {
+        (str(r.path), method): routes.access(r)
+        for r in routes.api_routes(app)
+        for method in r.methods or ()
+    }
+    assert printed == served
+    assert set(served.values()) == {"public", "authenticated", "owner"}

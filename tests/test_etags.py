@@ -13,7 +13,7 @@ from app.models import Item
 from app.testing.plugin import count_rows
 from app.testing.server import LiveServer
 from app.web.etags import check_if_match, etag
-from tests.factories import add_item, add_user, create_item, create_user
+from tests.factories import add, create_item, create_user
 from tests.load import Connection
 
 RACERS = 8
@@ -91,7 +91,7 @@ async def race(server: LiveServer, method: str, path: str, headers: dict[str, st
 
 
 async def test_eight_patches_with_the_same_if_match_one_wins(server: LiveServer) -> None:
-    item = add_item(add_user())
+    item = add(Item)
     assert await race(server, "PATCH", f"/items/{item}", {"If-Match": '"1"'}) == {
         200: 1,
         412: RACERS - 1,
@@ -102,7 +102,7 @@ async def test_eight_patches_with_the_same_if_match_one_wins(server: LiveServer)
 
 
 async def test_eight_deletes_with_the_same_if_match_one_wins(server: LiveServer) -> None:
-    item = add_item(add_user())
+    item = add(Item)
     outcome = await race(server, "DELETE", f"/items/{item}", {"If-Match": '"1"'})
     # The winner deletes it; the others find it changed (412) or already gone (404).
     assert outcome[200] == 1
@@ -111,7 +111,7 @@ async def test_eight_deletes_with_the_same_if_match_one_wins(server: LiveServer)
 
 
 async def test_eight_patches_without_if_match_all_apply(server: LiveServer) -> None:
-    item = add_item(add_user())
+    item = add(Item)
     assert await race(server, "PATCH", f"/items/{item}", {}) == {200: RACERS}
     with Connection(server.url, timeout=10) as connection:
         final = await connection.request("GET", f"/items/{item}")

@@ -31,7 +31,7 @@ from app.units.gate import Gate
 from app.units.reader import Reader
 from app.units.writer import Writer
 from containers import container
-from tests.factories import add_user, new_user
+from tests.factories import add, new_user
 
 
 def _checked_out(engine: Engine) -> int:
@@ -42,7 +42,7 @@ def _checked_out(engine: Engine) -> int:
 async def test_a_read_runs_in_a_worker_thread_inside_a_transaction_and_closes_it(
     schema: Engine,
 ) -> None:
-    user_id = add_user("reader@example.com")
+    user_id = add(User, email="reader@example.com")
     seen: dict[str, Any] = {}
 
     def email_of(session: Session, wanted: int) -> str | None:
@@ -206,7 +206,7 @@ def _delete_statement(session: Session) -> None:
 async def test_a_read_that_writes_fails_loudly_and_changes_nothing(
     schema: Engine, work: Callable[[Session], None]
 ) -> None:
-    add_user("kept@example.com")
+    add(User, email="kept@example.com")
     read = Reader(Gate(capacity=1, timeout=1), container.session)
     with pytest.raises(WriteInReadError, match=work.__name__):
         await read(work)

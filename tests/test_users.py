@@ -16,7 +16,7 @@ from app.database import SessionLocal, ensure_database_schema
 from app.models import Item, User
 from app.testing.plugin import count_rows, engine_pair
 from containers import container
-from tests.factories import PASSWORD, add_item, add_user, create_item, create_user
+from tests.factories import PASSWORD, add, create_item, create_user
 
 USER_KEYS = {"id", "email", "is_active", "items"}
 
@@ -244,7 +244,14 @@ def test_patch_user_changes_the_fields_sent_and_rehashes_a_new_password(
 
 
 @pytest.mark.parametrize(
-    "body", [{"email": None}, {"email": "not-an-email"}, {"password": ""}, {"is_active": None}]
+    "body",
+    [
+        {"email": None},
+        {"email": "not-an-email"},
+        {"password": ""},
+        {"is_active": None},
+        {"is_active": 0},
+    ],
 )
 def test_patch_user_rejects_bad_fields(client: TestClient, body: dict[str, Any]) -> None:
     user = create_user(client)
@@ -292,8 +299,8 @@ def test_delete_user_deletes_their_items(client: TestClient) -> None:
 
 def test_the_database_itself_cascades_a_user_delete(schema: Engine) -> None:
     """ON DELETE CASCADE in the schema, not only in the ORM: plain SQL deletes items too."""
-    owner = add_user()
-    add_item(owner)
+    owner = add(User)
+    add(Item, owner_id=owner)
     with schema.begin() as connection:
         connection.execute(delete(User).where(User.id == owner))
     assert count_rows(Item) == 0

@@ -3,17 +3,25 @@
 from typing import Annotated
 
 from dependency_injector.wiring import inject
-from fastapi import APIRouter, Form, Request
+from fastapi import APIRouter, Depends, Form, Request
 
-from app.deps import Auth, CurrentUser, Read, Users
+from app.auth.authenticator import Authenticator
+from app.deps import AsyncProvide, CurrentUser, Public, Read
 from app.exceptions import NotAuthenticatedError
+from app.routers.users import Users
 from app.schemas import LoginForm, Token, UserRead
 from app.web.errors import BODY_ERRORS, responses
+from containers import Container
+
+AUTH_ONLY = True
+"""Mounted only with AUTH_ENABLED on, before the other routers (``app.routers.mount``)."""
+
+Auth = Annotated[Authenticator, Depends(AsyncProvide[Container.authenticator])]
 
 router = APIRouter(tags=["auth"], responses=responses(503))
 
 
-@router.post("/token", responses=responses(*BODY_ERRORS, 401, 429))
+@router.post("/token", responses=responses(*BODY_ERRORS, 401, 429), dependencies=[Public])
 @inject
 async def login(form: Annotated[LoginForm, Form()], request: Request, auth: Auth) -> Token:
     """Exchange an e-mail (``username``) and password for a bearer token; 429 after too many

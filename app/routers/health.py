@@ -6,14 +6,14 @@ from pydantic import BaseModel
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from app.deps import Read
+from app.deps import Public, Read
 from app.exceptions import DATABASE_FAILURES, ShuttingDownError
 from app.replicas.replica_set import ReplicaSet
 from app.runtime import runtime_of
 from app.units.reader import Reader
 from app.web.errors import responses
 
-router = APIRouter(tags=["health"], responses=responses(503))
+router = APIRouter(tags=["health"], responses=responses(503), dependencies=[Public])
 
 
 class EngineHealth(BaseModel):

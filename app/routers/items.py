@@ -1,13 +1,19 @@
 """/items: list, fetch, change and delete items."""
 
-from dependency_injector.wiring import inject
-from fastapi import APIRouter, HTTPException, Response
+from typing import Annotated
 
-from app.deps import Caller, IfMatch, Items, Owner, Read, Write
+from dependency_injector.wiring import inject
+from fastapi import APIRouter, Depends, HTTPException, Response
+
+from app.deps import AsyncProvide, Caller, IfMatch, Owner, Read, Write
 from app.routers.paging import AfterId, Id, Limit, Skip
 from app.schemas import Deleted, ItemRead, ItemUpdate
+from app.services import ItemService
 from app.web.errors import BODY_ERRORS, responses
 from app.web.etags import with_etag
+from containers import Container
+
+Items = Annotated[ItemService, Depends(AsyncProvide[Container.item_service])]
 
 router = APIRouter(prefix="/items", tags=["items"], responses=responses(503))
 

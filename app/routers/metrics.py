@@ -3,10 +3,11 @@
 import anyio.to_thread
 from fastapi import APIRouter, HTTPException, Request, Response
 
+from app.deps import Public
 from app.observability import metrics
 from app.runtime import runtime_of
 
-router = APIRouter(tags=["operations"])
+router = APIRouter(tags=["operations"], dependencies=[Public])  # METRICS_ENABLED guards it
 
 
 @router.get("/metrics", include_in_schema=False, response_class=Response)

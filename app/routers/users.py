@@ -1,21 +1,28 @@
 """/users: sign up, list, fetch, change and delete users; create their items."""
 
+from typing import Annotated
+
 from dependency_injector.wiring import inject
-from fastapi import APIRouter, HTTPException, Response
+from fastapi import APIRouter, Depends, HTTPException, Response
 from pydantic import MISSING
 
-from app.deps import Caller, IfMatch, Items, Owner, Read, Users, Write
+from app.deps import AsyncProvide, Caller, IfMatch, Owner, Public, Read, Write
+from app.routers.items import Items
 from app.routers.paging import AfterId, Id, Limit, Skip
 from app.schemas import Deleted, ItemCreate, ItemRead, UserCreate, UserRead, UserUpdate
+from app.services import UserService
 from app.web.errors import BODY_ERRORS, responses
 from app.web.etags import with_etag
+from containers import Container
+
+Users = Annotated[UserService, Depends(AsyncProvide[Container.user_service])]
 
 router = APIRouter(prefix="/users", tags=["users"], responses=responses(503))
 
 _NOT_FOUND = "User not found"
 
 
-@router.post("/", response_model=UserRead, responses=responses(*BODY_ERRORS))
+@router.post("/", response_model=UserRead, responses=responses(*BODY_ERRORS), dependencies=[Public])
 @inject
 async def create_user(user_in: UserCreate, write: Write, users: Users) -> UserRead:
     """Register a user; 400 if the e-mail is taken."""

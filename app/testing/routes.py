@@ -2,20 +2,18 @@
 
 assert checks.sync_dependencies(app) == []
 assert checks.unwired_endpoints(app, container) == []
-assert checks.unlisted_routers(app.routers, app.routers.ROUTERS) == []
 """
 
-import importlib
 import inspect
 import pkgutil
 import re
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from types import ModuleType
-from typing import Annotated, Any, Literal, NamedTuple, cast, get_args, get_origin
+from typing import Annotated, Any, NamedTuple, cast, get_args, get_origin
 
 from dependency_injector import containers
 from dependency_injector.wiring import Provide
-from fastapi import APIRouter, FastAPI
+from fastapi import FastAPI
 from fastapi.dependencies.models import Dependant
 from fastapi.params import Depends
 from fastapi.routing import APIRoute, RouteContext, iter_route_contexts
@@ -29,7 +27,6 @@ __all__ = [
     "api_routes",
     "example_requests",
     "sync_dependencies",
-    "unlisted_routers",
     "unwired_endpoints",
 ]
 
@@ -88,24 +85,13 @@ def example_requests(
     return requests
 
 
-Access = Literal["public", "authenticated", "owner"]
-
-
-def _dependency(alias: Any) -> Any:
-    """The callable behind an ``Annotated[..., Depends(f)]`` alias."""
-    return get_args(alias)[1].dependency
+Access = deps.Policy
 
 
 def access(route: RouteContext) -> Access:
-    """Who may call the operation with AUTH_ENABLED on, read off its dependencies:
-    ``owner`` (``Owner``: only the user concerned), ``authenticated`` (``Caller`` or
-    ``CurrentUser``: any valid token), else ``public``."""
-    calls = {dependency.call for dependency in _dependencies(route.dependant)}
-    if _dependency(deps.Owner) in calls:
-        return "owner"
-    if _dependency(deps.Caller) in calls:
-        return "authenticated"
-    return "public"
+    """Who may call the operation with AUTH_ENABLED on (``app.deps.policy``); a route that
+    declares nobody needs a token (deny by default)."""
+    return deps.policy(route.dependant) or "authenticated"
 
 
 def _label(route: RouteContext) -> str:
@@ -178,20 +164,3 @@ def unwired_endpoints(app: FastAPI, container: containers.Container) -> list[str
                 "(put it in app.routers)"
             )
     return problems
-
-
-def unlisted_routers(package: ModuleType, listed: Sequence[APIRouter]) -> list[str]:
-    """Modules of ``package`` whose ``router`` is missing from ``listed``."""
-    problems = []
-    for module in _modules(package):
-        router = getattr(module, "router", None)
-        if isinstance(router, APIRouter) and all(router is not r for r in listed):
-            problems.append(f"{module.__name__}.router is not in {package.__name__}.ROUTERS")
-    return problems
-
-
-def _modules(package: ModuleType) -> Iterator[ModuleType]:
-    """``package`` and every module in it, as dependency-injector's wiring finds them."""
-    yield package
-    for info in pkgutil.walk_packages(package.__path__, f"{package.__name__}."):
-        yield importlib.import_module(info.name)

@@ -1,13 +1,7 @@
-"""Users and items: the domain logic, taking a session from the caller and never opening one.
-
-Each method taking a ``Session`` is one unit of database work for ``Read`` / ``Write``
-(``app.units``), which run it in a worker thread; the caller owns the transaction.
-Updates and deletes lock the row they change (``FOR UPDATE`` on PostgreSQL; SQLite writes
-one at a time anyway) and compare ``If-Match`` with its version inside that transaction.
-"""
+"""Users: sign-up, pages of users with their items, credentials for login, changes."""
 
 from collections.abc import Sequence
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, NamedTuple
 
 from pydantic import MISSING, Secret
 from sqlalchemy import bindparam, insert, select
@@ -15,22 +9,12 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.auth.credentials import Passwords
-from app.exceptions import EmailAlreadyRegisteredError, PermissionDeniedError
+from app.exceptions import EmailAlreadyRegisteredError
 from app.models import Item, User
-from app.schemas import (
-    ItemCreate,
-    ItemRead,
-    ItemUpdate,
-    UserCreate,
-    UserRead,
-    UserUpdate,
-    Versioned,
-)
-from app.web.etags import check_if_match
+from app.schemas import ItemRead, UserCreate, UserRead, UserUpdate, Versioned
+from app.services.rows import FIRST, locked
 
-__all__ = ["Credentials", "ItemService", "UserService"]
-
-Row = TypeVar("Row", User, Item)
+__all__ = ["Credentials", "UserService"]
 
 
 class Credentials(NamedTuple):
@@ -45,7 +29,6 @@ class Credentials(NamedTuple):
 # identity map and no ORM instances, a quarter of the CPU of loading entities (and one
 # query where selectinload takes two). Writes that change rows use the ORM, for its version
 # checks; every method returns schemas, never ORM objects, which stay in the transaction.
-_ITEM = (Item.id, Item.title, Item.description, Item.owner_id)
 _ITEM_OF_USER = (Item.id.label("item_id"), Item.title, Item.description, Item.owner_id)
 _USER_WITH_ITEMS = (
     select(User.id, User.email, User.is_active, User.version, *_ITEM_OF_USER)
@@ -70,28 +53,7 @@ _CREDENTIALS = select(User.id, User.hashed_password, User.is_active).where(
     User.email == bindparam("email")
 )
 _ACTIVE = select(User.id).where(User.id == bindparam("user_id"), User.is_active)
-_ITEM_BY_ID = select(*_ITEM, Item.version).where(Item.id == bindparam("item_id"))
-_ITEM_PAGE = (
-    select(*_ITEM)
-    .where(Item.id > bindparam("after_id"))
-    .order_by(Item.id)
-    .offset(bindparam("skip"))
-    .limit(bindparam("limit"))
-)
-_ADD_ITEM = (
-    insert(Item)
-    .from_select(
-        ["title", "description", "owner_id"],
-        select(
-            bindparam("title", type_=Item.title.type),
-            bindparam("description", type_=Item.description.type),
-            User.id,
-        ).where(User.id == bindparam("user_id")),
-    )
-    .returning(Item.id)
-)
 _ADD_USER = insert(User).returning(User.id)
-_FIRST = 0  # after_id when the client gave none: ids start at 1
 
 
 class UserService:
@@ -106,7 +68,7 @@ class UserService:
         self, session: Session, *, skip: int, limit: int, after_id: int | None = None
     ) -> list[UserRead]:
         """Users in id order, with their items: ``skip`` rows after ``after_id``."""
-        page = {"skip": skip, "limit": limit, "after_id": after_id or _FIRST}
+        page = {"skip": skip, "limit": limit, "after_id": after_id or FIRST}
         return _users_of(session.connection().execute(_USERS_WITH_ITEMS, page).all())
 
     def get_by_email(self, session: Session, email: str) -> Credentials | None:
@@ -141,7 +103,7 @@ class UserService:
         caller_id: int | None,
     ) -> Versioned[UserRead] | None:
         """Apply the fields the client sent (the password already hashed)."""
-        user = _locked(session, User, user_id, if_match, caller_id)
+        user = locked(session, User, user_id, if_match, caller_id)
         if user is None:
             return None
         if changes.email is not MISSING:
@@ -161,7 +123,7 @@ class UserService:
         self, session: Session, user_id: int, *, if_match: str | None, caller_id: int | None
     ) -> bool:
         """Delete the user; the database deletes their items (ON DELETE CASCADE)."""
-        user = _locked(session, User, user_id, if_match, caller_id)
+        user = locked(session, User, user_id, if_match, caller_id)
         if user is None:
             return False
         session.delete(user)
@@ -173,65 +135,6 @@ class UserService:
         user = session.get(User, user_id, with_for_update=True)
         if user is not None:
             user.hashed_password = hashed_password
-
-
-class ItemService:
-    def get(self, session: Session, item_id: int) -> Versioned[ItemRead] | None:
-        row = session.connection().execute(_ITEM_BY_ID, {"item_id": item_id}).first()
-        return Versioned(_item_of(row), row.version) if row is not None else None
-
-    def get_page(
-        self, session: Session, *, skip: int, limit: int, after_id: int | None = None
-    ) -> list[ItemRead]:
-        """Items in id order: ``skip`` rows after ``after_id``."""
-        page = {"skip": skip, "limit": limit, "after_id": after_id or _FIRST}
-        return [_item_of(row) for row in session.connection().execute(_ITEM_PAGE, page)]
-
-    def create_for_user(
-        self, session: Session, user_id: int, item_in: ItemCreate, *, caller_id: int | None
-    ) -> ItemRead | None:
-        """One statement (INSERT ... SELECT FROM users): no row when there is no such user."""
-        if caller_id is not None and caller_id != user_id:
-            if session.get(User, user_id) is None:
-                return None
-            raise PermissionDeniedError
-        values = {**item_in.model_dump(), "user_id": user_id}
-        item_id = session.connection().scalar(_ADD_ITEM, values)
-        if item_id is None:
-            return None
-        return ItemRead(id=item_id, owner_id=user_id, **item_in.model_dump())
-
-    def update(
-        self,
-        session: Session,
-        item_id: int,
-        changes: ItemUpdate,
-        *,
-        if_match: str | None,
-        caller_id: int | None,
-    ) -> Versioned[ItemRead] | None:
-        """Apply the fields the client sent; ``caller_id``, when given, must own the item."""
-        item = _locked(session, Item, item_id, if_match, caller_id)
-        if item is None:
-            return None
-        for field, value in changes.model_dump(exclude_unset=True).items():
-            setattr(item, field, value)
-        session.flush()
-        return Versioned(ItemRead.model_validate(item), item.version)
-
-    def delete(
-        self, session: Session, item_id: int, *, if_match: str | None, caller_id: int | None
-    ) -> bool:
-        item = _locked(session, Item, item_id, if_match, caller_id)
-        if item is None:
-            return False
-        session.delete(item)
-        session.flush()
-        return True
-
-
-def _item_of(row: Any) -> ItemRead:
-    return ItemRead(id=row.id, title=row.title, description=row.description, owner_id=row.owner_id)
 
 
 def _users_of(rows: Sequence[Any]) -> list[UserRead]:
@@ -254,18 +157,3 @@ def _users_of(rows: Sequence[Any]) -> list[UserRead]:
                 )
             )
     return list(users.values())
-
-
-def _locked(
-    session: Session, model: type[Row], row_id: int, if_match: str | None, caller_id: int | None
-) -> Row | None:
-    """The row, locked for this transaction, after the checks: the caller (when auth is on)
-    must own it (a user owns itself), and ``If-Match`` must name its version."""
-    row = session.get(model, row_id, with_for_update=True)
-    if row is None:
-        return None
-    owner = row.owner_id if isinstance(row, Item) else row.id
-    if caller_id is not None and caller_id != owner:
-        raise PermissionDeniedError
-    check_if_match(if_match, row.version)
-    return row
