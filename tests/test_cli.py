@@ -1,14 +1,18 @@
 """The ``app`` command, run as users run it: a subprocess with the environment as config."""
 
 import json
+import signal
+import subprocess
+import time
 from pathlib import Path
 
 import httpx2
 import pytest
 from sqlalchemy import create_engine, inspect
 
-from app.testing.server import LiveServer
-from tests.conftest import run_app
+from app.testing.plugin import settings_free_environ
+from app.testing.server import LiveServer, free_port
+from tests.conftest import APP, run_app
 
 
 def tables(database_url: str) -> set[str]:
@@ -84,3 +88,23 @@ def test_serve_takes_the_client_address_from_trusted_proxies_only(
         if '"request_id": "proxied"' in line
     ]
     assert line["client"].startswith(client)
+
+
+def test_serve_listens_on_port_by_default(tmp_path: Path) -> None:
+    """The image's exec-form command has no shell to expand $PORT: `app serve` reads it."""
+    port = free_port()
+    env = settings_free_environ(DATABASE_URL=f"sqlite:///{tmp_path / 'app.db'}", PORT=str(port))
+    server = subprocess.Popen([str(APP), "serve"], env=env, cwd=tmp_path)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                assert httpx2.get(f"http://127.0.0.1:{port}/health/live").status_code == 200
+                break
+            except httpx2.TransportError:
+                assert server.poll() is None
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+    finally:
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(30) == 0
