@@ -117,16 +117,26 @@ class Image:
     env: dict[str, str]
     argv: list[str]
     workdir: str
+    healthcheck: list[str]
 
     @classmethod
     def inspect(cls, engine: str, ref: str) -> Image:
         output = subprocess.run(
             [engine, "image", "inspect", ref], capture_output=True, text=True, check=True
         ).stdout
-        config: dict[str, Any] = json.loads(output)[0]["Config"]
+        data: dict[str, Any] = json.loads(output)[0]
+        config: dict[str, Any] = data["Config"]
         env = dict(entry.partition("=")[::2] for entry in config.get("Env") or [])
         argv = [*(config.get("Entrypoint") or []), *(config.get("Cmd") or [])]
-        return cls(ref, config.get("User") or "", env, argv, config.get("WorkingDir") or "/")
+        # docker shows it in Config, podman beside it.
+        test = (config.get("Healthcheck") or data.get("Healthcheck") or {}).get("Test") or []
+        healthcheck = test[1:] if test[:1] == ["CMD"] else []
+        user = config.get("User") or ""
+        return cls(ref, user, env, argv, config.get("WorkingDir") or "/", healthcheck)
+
+    def running(self, argv: list[str]) -> Image:
+        """The same image with another command (as ``docker run IMAGE ARGS...``)."""
+        return Image(self.ref, self.user, self.env, argv, self.workdir, [])
 
 
 @dataclass
@@ -291,6 +301,7 @@ def check_serving(rootfs: RootFS, image: Image, work: Path) -> None:
         _log(f"serving on PORT={port} as PID 1 of its namespace, uid {uid}: /health/live 200")
         _check(request(port, "GET", "/health")[0] == 200, "/health is not 200")
         _log("/health 200 (the SQLite database answers)")
+        check_healthcheck(rootfs, image, port, work)
 
         user_status, user = request(
             port, "POST", "/users/", {"email": "image@example.com", "password": "s3cret-pw"}
@@ -309,6 +320,31 @@ def check_serving(rootfs: RootFS, image: Image, work: Path) -> None:
     finally:
         if container.running():
             container.stop()
+
+
+def check_healthcheck(rootfs: RootFS, image: Image, port: int, work: Path) -> None:
+    """The image's HEALTHCHECK command, run in the container as a runtime would."""
+    _check(bool(image.healthcheck), "the image has no HEALTHCHECK CMD")
+    probe = Container(rootfs, image.running(image.healthcheck), {"PORT": str(port)}, work / "hc")
+    code = probe.process.wait(30)
+    _check(code == 0, f"HEALTHCHECK exited {code}:\n{probe.tail()}")
+    _log(f"HEALTHCHECK {image.healthcheck[0]} ... exits 0")
+
+
+def check_nothing_baked_in(rootfs: RootFS, image: Image) -> None:
+    """No build secret, settings file or database in the image; no pip to install with."""
+    root = rootfs.path
+    workdir = root / image.workdir.lstrip("/")
+    _check(
+        not (root / "run/secrets").exists() or not any((root / "run/secrets").iterdir()),
+        "the image holds /run/secrets",
+    )
+    _check(not any(workdir.iterdir()), f"{image.workdir} is not empty: {list(workdir.iterdir())}")
+    volume = _volume_database(rootfs, image).parent
+    _check(not any(volume.iterdir()), f"{volume.relative_to(root)} is not empty")
+    _check(not any(name.startswith("PIP_") for name in image.env), "PIP_* in the image's env")
+    _check(not list(root.glob("opt/venv/bin/pip*")), "pip is in the image")
+    _log("no secret, .env, config.yml, database or pip in the image")
 
 
 def _volume_database(rootfs: RootFS, image: Image) -> Path:
@@ -351,7 +387,7 @@ def check_in_flight_sigterm(container: Container, port: int, database: Path) -> 
 def check_migration(rootfs: RootFS, image: Image, work: Path, server: PostgresServer) -> None:
     env = {"DATABASE_URL": server.url("app")}
     for argv, log in ((["db", "upgrade", "head"], "upgrade"), (["db", "current"], "current")):
-        command = Image(image.ref, image.user, image.env, [*image.argv[:1], *argv], image.workdir)
+        command = image.running([*image.argv[:1], *argv])
         container = Container(rootfs, command, env, work / f"{log}.log")
         try:
             code = container.process.wait(120)
@@ -396,6 +432,7 @@ def run(engine: str, ref: str) -> None:
         with exported(engine, image) as rootfs, tempfile.TemporaryDirectory() as work:
             _log(f"exported {ref} into {rootfs.path}")
             _check(rootfs.uid != 0, f"USER {image.user} is root")
+            check_nothing_baked_in(rootfs, image)
             _log(f"{ref}: USER {image.user} (uid {rootfs.uid}), command {image.argv}")
             check_serving(rootfs, image, Path(work))
             check_migration(rootfs, image, Path(work), postgres.result())
