@@ -1,7 +1,7 @@
 # syntax=docker/dockerfile:1
 # The service's image: a venv built in one stage, copied into a slim one that runs as a user.
 # Build: make image (docs/deploy.md); BASE_IMAGE is any image with python3 (3.11+) and venv.
-ARG BASE_IMAGE=python:3.12-slim-bookworm
+ARG BASE_IMAGE=docker.io/library/python:3.12-slim-bookworm
 
 FROM ${BASE_IMAGE} AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1 PIP_ROOT_USER_ACTION=ignore \

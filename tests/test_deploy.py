@@ -95,7 +95,7 @@ def test_image_database_is_in_the_volume_the_user_owns() -> None:
 
 def test_image_base_defaults_to_the_official_slim_python() -> None:
     (base,) = [args for name, args in dockerfile() if name == "ARG" and "BASE_IMAGE" in args]
-    assert re.fullmatch(r"BASE_IMAGE=python:3\.\d+-slim\S*", base)
+    assert re.fullmatch(r"BASE_IMAGE=(docker\.io/library/)?python:3\.\d+-slim\S*", base)
 
 
 def test_build_context_holds_no_secret_database_or_venv() -> None:
