@@ -9,11 +9,13 @@
 reused. ``run`` needs no daemon and no OCI runtime: the image's filesystem is exported into a
 directory, and its entrypoint and command run there with its environment and working directory,
 under ``unshare --fork --pid --mount-proc`` (the process is PID 1 of its own PID namespace, as in
-a container) and ``chroot --userspec`` (as the image's user). It checks that the user is not
-root, that ``/health/live`` and ``/health`` answer 200, that a signup and an item round trip
-work on the SQLite volume, that SIGTERM with a request in flight lets that request finish and
-exit 0, and that ``app db upgrade head`` run from the image migrates a real PostgreSQL server
-(the tests' throwaway one, from ``app.testing.postgres``).
+a container) and ``chroot --userspec`` (as the image's user), on a read-only root with the
+image's volumes and /tmp writable. It checks that nothing is baked in that should not be, that
+the user is not root, that ``app db upgrade head`` migrates the SQLite volume, that
+``/health/live`` and ``/health`` answer 200 and the HEALTHCHECK passes, that a signup and an
+item round trip work, that SIGTERM with a request in flight lets that request finish and exit
+0, and that ``app db upgrade head`` run from the image migrates a real PostgreSQL server (the
+tests' throwaway one, from ``app.testing.postgres``).
 
 ``--engine`` is docker or podman (default: docker where its daemon answers, else podman).
 """
@@ -118,6 +120,7 @@ class Image:
     argv: list[str]
     workdir: str
     healthcheck: list[str]
+    volumes: list[str]
 
     @classmethod
     def inspect(cls, engine: str, ref: str) -> Image:
@@ -132,11 +135,13 @@ class Image:
         test = (config.get("Healthcheck") or data.get("Healthcheck") or {}).get("Test") or []
         healthcheck = test[1:] if test[:1] == ["CMD"] else []
         user = config.get("User") or ""
-        return cls(ref, user, env, argv, config.get("WorkingDir") or "/", healthcheck)
+        workdir = config.get("WorkingDir") or "/"
+        volumes = sorted(config.get("Volumes") or {})
+        return cls(ref, user, env, argv, workdir, healthcheck, volumes)
 
     def running(self, argv: list[str]) -> Image:
         """The same image with another command (as ``docker run IMAGE ARGS...``)."""
-        return Image(self.ref, self.user, self.env, argv, self.workdir, [])
+        return Image(self.ref, self.user, self.env, argv, self.workdir, [], self.volumes)
 
 
 @dataclass
@@ -181,6 +186,26 @@ def exported(engine: str, image: Image) -> Iterator[RootFS]:
         (root / "proc").mkdir(exist_ok=True)
         uid, gid = _user_ids(root, image.user)
         yield RootFS(root, uid, gid)
+
+
+@contextlib.contextmanager
+def read_only(rootfs: RootFS, image: Image) -> Iterator[None]:
+    """The root filesystem read-only, as Compose's read_only and Kubernetes'
+    readOnlyRootFilesystem make it: writable are the image's volumes and a tmpfs on /tmp."""
+    root = str(rootfs.path)
+    subprocess.run(["mount", "--bind", root, root], check=True)
+    try:
+        for volume in image.volumes:
+            path = f"{root}/{volume.strip('/')}"
+            subprocess.run(["mount", "--bind", path, path], check=True)
+        tmp = f"{root}/tmp"
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "mode=1777,size=64m", "tmpfs", tmp], check=True
+        )
+        subprocess.run(["mount", "-o", "remount,bind,ro", root], check=True)
+        yield
+    finally:
+        subprocess.run(["umount", "--recursive", root], check=True)
 
 
 def _scratch() -> str | None:
@@ -292,7 +317,9 @@ def wait_until_live(container: Container, port: int) -> None:
 
 def check_serving(rootfs: RootFS, image: Image, work: Path) -> None:
     port = _free_port()
-    container = Container(rootfs, image, {"PORT": str(port)}, work / "serve.log")
+    # Migrated beforehand, as in production: no create_all at startup.
+    env = {"PORT": str(port), "CREATE_SCHEMA": "false"}
+    container = Container(rootfs, image, env, work / "serve.log")
     try:
         wait_until_live(container, port)
         status = Path(f"/proc/{container.pid1}/status").read_text()
@@ -384,18 +411,30 @@ def check_in_flight_sigterm(container: Container, port: int, database: Path) -> 
     )
 
 
+def run_once(rootfs: RootFS, image: Image, args: list[str], env: dict[str, str], log: Path) -> str:
+    """``docker run IMAGE ARGS``: the entrypoint with other arguments, to completion."""
+    container = Container(rootfs, image.running([*image.argv[:1], *args]), env, log)
+    try:
+        code = container.process.wait(120)
+    except subprocess.TimeoutExpired:
+        container.stop()
+        raise CheckFailedError(f"{' '.join(args)} did not finish") from None
+    _check(code == 0, f"{' '.join(args)} exited {code}:\n{container.tail()}")
+    return log.read_text()
+
+
+def check_sqlite_migration(rootfs: RootFS, image: Image, work: Path) -> None:
+    """What the sqlite-single overlay's init container does before the server starts."""
+    run_once(rootfs, image, ["db", "upgrade", "head"], {}, work / "sqlite-upgrade.log")
+    current = run_once(rootfs, image, ["db", "current"], {}, work / "sqlite-current.log")
+    _check("(head)" in current, f"the volume's SQLite is not at head: {current}")
+    _log(f"app db upgrade head migrated the volume's SQLite: {current.strip()}")
+
+
 def check_migration(rootfs: RootFS, image: Image, work: Path, server: PostgresServer) -> None:
     env = {"DATABASE_URL": server.url("app")}
-    for argv, log in ((["db", "upgrade", "head"], "upgrade"), (["db", "current"], "current")):
-        command = image.running([*image.argv[:1], *argv])
-        container = Container(rootfs, command, env, work / f"{log}.log")
-        try:
-            code = container.process.wait(120)
-        except subprocess.TimeoutExpired:
-            container.stop()
-            raise CheckFailedError(f"app {' '.join(argv)} did not finish") from None
-        _check(code == 0, f"app {' '.join(argv)} exited {code}:\n{container.tail()}")
-    current = (work / "current.log").read_text()
+    run_once(rootfs, image, ["db", "upgrade", "head"], env, work / "upgrade.log")
+    current = run_once(rootfs, image, ["db", "current"], env, work / "current.log")
     _check("(head)" in current, f"not at head after the upgrade: {current}")
     _log(f"app db upgrade head from the image migrated PostgreSQL: {current.strip()}")
 
@@ -434,8 +473,11 @@ def run(engine: str, ref: str) -> None:
             _check(rootfs.uid != 0, f"USER {image.user} is root")
             check_nothing_baked_in(rootfs, image)
             _log(f"{ref}: USER {image.user} (uid {rootfs.uid}), command {image.argv}")
-            check_serving(rootfs, image, Path(work))
-            check_migration(rootfs, image, Path(work), postgres.result())
+            with read_only(rootfs, image):
+                _log(f"root filesystem read-only; writable: {', '.join(image.volumes)}, /tmp")
+                check_sqlite_migration(rootfs, image, Path(work))
+                check_serving(rootfs, image, Path(work))
+                check_migration(rootfs, image, Path(work), postgres.result())
     finally:
         with contextlib.suppress(BaseException):
             postgres.result().close()
