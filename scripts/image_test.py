@@ -381,20 +381,28 @@ def _volume_database(rootfs: RootFS, image: Image) -> Path:
 
 
 def check_in_flight_sigterm(container: Container, port: int, database: Path) -> None:
-    """A signup whose body is half sent at SIGTERM still commits and answers, then exit 0."""
+    """A signup whose body is not sent yet at SIGTERM still commits and answers, then exit 0.
+
+    ``Expect: 100-continue`` makes the request observable: the server answers 100 Continue
+    when the app starts reading the body, so SIGTERM comes while the app is surely in it."""
     body = json.dumps({"email": "in-flight@example.com", "password": "s3cret-pw"}).encode()
     head = (
         f"POST /users/ HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(body)}\r\n\r\n"
+        f"Content-Length: {len(body)}\r\nExpect: 100-continue\r\n\r\n"
     ).encode()
     with socket.create_connection(("127.0.0.1", port), timeout=30) as client:
-        client.sendall(head + body[:10])
-        time.sleep(0.3)
+        client.sendall(head)
+        interim = b""
+        while b"\r\n\r\n" not in interim:
+            chunk = client.recv(1024)
+            _check(bool(chunk), f"closed before 100 Continue: {interim!r}")
+            interim += chunk
+        _check(interim.split()[1:2] == [b"100"], f"no 100 Continue: {interim!r}")
         signalled = time.monotonic()
         os.kill(container.pid1, signal.SIGTERM)
         time.sleep(1.0)
         _check(container.running(), f"exited with a request in flight:\n{container.tail()}")
-        client.sendall(body[10:])
+        client.sendall(body)
         response = client.makefile("rb").readline()
     _check(response.split()[1:2] == [b"200"], f"the request in flight got {response!r}")
     try:
