@@ -3,7 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test test-sqlite test-postgres test-pgbouncer coverage lint format bench clean
+.PHONY: run test test-sqlite test-postgres test-pgbouncer coverage lint format bench clean image image-test
 
 $(BIN)/app: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -49,6 +49,26 @@ format: $(BIN)/app
 
 bench: $(BIN)/app  ## benchmarks against plain baselines, on SQLite and a throwaway PostgreSQL
 	$(BIN)/python scripts/with_postgres.py --export BENCH_POSTGRES_URL -- $(BIN)/python -m bench
+
+# The container image (docs/deploy.md): docker where its daemon answers, else podman without a
+# daemon (chroot isolation). A CA bundle in SSL_CERT_FILE reaches pip as a build secret only.
+IMAGE ?= fastapi-di-sqlalchemy
+BASE_IMAGE ?=
+ENGINE ?= $(shell docker info >/dev/null 2>&1 && echo docker || echo podman)
+TEST_BASE_IMAGE ?= localhost/fastapi-di-sqlalchemy-base:bookworm
+TEST_IMAGE ?= localhost/fastapi-di-sqlalchemy:image-test
+comma := ,
+
+image:  ## build IMAGE from BASE_IMAGE (default: the official python slim image)
+	$(ENGINE) build $(if $(filter podman,$(ENGINE)),--isolation chroot --format docker) \
+		$(if $(BASE_IMAGE),--build-arg BASE_IMAGE=$(BASE_IMAGE)) \
+		$(if $(SSL_CERT_FILE),--secret id=pip_cert$(comma)src=$(SSL_CERT_FILE)) \
+		--tag $(IMAGE) .
+
+image-test: $(BIN)/app  ## build the image on a local Debian base, run it chrooted and check it
+	$(BIN)/python scripts/image_test.py --engine $(ENGINE) base $(TEST_BASE_IMAGE)
+	$(MAKE) image ENGINE=$(ENGINE) BASE_IMAGE=$(TEST_BASE_IMAGE) IMAGE=$(TEST_IMAGE)
+	$(BIN)/python scripts/image_test.py --engine $(ENGINE) run $(TEST_IMAGE)
 
 clean:
 	rm -rf $(VENV) *.egg-info .mypy_cache .pytest_cache .ruff_cache .coverage .coverage.*

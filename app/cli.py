@@ -30,7 +30,7 @@ def _serve(args: argparse.Namespace) -> int:
     access_log = _or(args.access_log, s.ACCESS_LOG)
     options = {
         "host": args.host,
-        "port": args.port,
+        "port": _or(args.port, s.PORT),
         "workers": args.workers,
         "log_level": log_level,
         "log_config": logging_config(
@@ -207,7 +207,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Serve app.main:app with uvicorn; each option defaults to its setting.",
     )
     serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--port", type=int, help="default: PORT (8000)")
     serve.add_argument("--workers", type=int, default=1)
     serve.add_argument(
         "--log-level",

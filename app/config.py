@@ -159,6 +159,9 @@ class Settings(BaseSettings):
     )
     ACCESS_LOG: bool = Field(default=True, description="one app.access line per request")
     METRICS_ENABLED: bool = Field(default=False, description="serve GET /metrics (Prometheus)")
+    PORT: int = Field(
+        default=8000, ge=1, le=65535, description="the port `app serve` listens on; --port"
+    )
     TIMEOUT_GRACEFUL_SHUTDOWN: PositiveInt = Field(
         default=20, description="seconds the requests in flight get to finish after SIGTERM"
     )

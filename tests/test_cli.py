@@ -2,6 +2,9 @@
 
 import json
 import re
+import signal
+import subprocess
+import time
 from pathlib import Path
 
 import httpx2
@@ -11,10 +14,10 @@ from sqlalchemy import create_engine, inspect
 from app.config import Settings
 from app.main import create_app
 from app.testing import routes
-from app.testing.plugin import with_auth
-from app.testing.server import LiveServer
+from app.testing.plugin import settings_free_environ, with_auth
+from app.testing.server import LiveServer, free_port
 from containers import container
-from tests.conftest import run_app
+from tests.conftest import APP, run_app
 
 
 def tables(database_url: str) -> set[str]:
@@ -112,3 +115,23 @@ def test_routes_prints_the_policy_of_every_operation_the_app_serves_with_auth_on
     }
     assert printed == served
     assert set(served.values()) == {"public", "authenticated", "owner"}
+
+
+def test_serve_listens_on_port_by_default(tmp_path: Path) -> None:
+    """The image's exec-form command has no shell to expand $PORT: `app serve` reads it."""
+    port = free_port()
+    env = settings_free_environ(DATABASE_URL=f"sqlite:///{tmp_path / 'app.db'}", PORT=str(port))
+    server = subprocess.Popen([str(APP), "serve"], env=env, cwd=tmp_path)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                assert httpx2.get(f"http://127.0.0.1:{port}/health/live").status_code == 200
+                break
+            except httpx2.TransportError:
+                assert server.poll() is None
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+    finally:
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(30) == 0
