@@ -6,10 +6,11 @@ from fastapi import APIRouter, HTTPException, Request, Response
 from app import metrics
 from app.deps import Public
 
-router = APIRouter(tags=["operations"], dependencies=[Public])  # METRICS_ENABLED guards it
+router = APIRouter(tags=["operations"])
 
 
-@router.get("/metrics", include_in_schema=False, response_class=Response)
+# Public to bearer tokens: METRICS_ENABLED guards it.
+@router.get("/metrics", include_in_schema=False, response_class=Response, openapi_extra=Public)
 async def prometheus_metrics(request: Request) -> Response:
     """The Prometheus exposition of the app's metrics."""
     if not getattr(request.app.state, "metrics_enabled", False):
