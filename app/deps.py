@@ -5,9 +5,9 @@ container's current object; an alias used by one router (``Users``, ``Items``) l
 it, as ``Annotated[UserService, Depends(AsyncProvide[Container.user_service])]``. The lifespan
 wires every module of ``app.routers``.
 
-With AUTH_ENABLED on, a route says who may call it: ``Public`` (anyone), ``caller: Caller``
-(any valid token), ``owner: Owner`` (the row's owner; passed to the service as
-``caller_id``). A route that says nothing needs a valid token (``app.routers.mount``).
+With AUTH_ENABLED on, a route says who may call it: ``openapi_extra=Public`` (anyone),
+``caller: Caller`` (any valid token), ``owner: Owner`` (the row's owner; passed to the service
+as ``caller_id``). A route that says nothing needs a valid token (``app.routers.mount``).
 """
 
 from typing import Annotated, Any, Literal
@@ -89,13 +89,10 @@ async def _current_user(caller: Annotated[int | None, Depends(_caller)]) -> int:
     return caller
 
 
-async def _public() -> None:
-    """Marks a public route; nothing to check."""
-
-
-Public = Depends(_public)
-"""``@router.get(..., dependencies=[Public])`` (or ``APIRouter(dependencies=[Public])``):
-anyone may call the route, also with AUTH_ENABLED on."""
+Public: dict[str, Any] = {"security": []}
+"""``@router.get(..., openapi_extra=Public)``: anyone may call the route, also with
+AUTH_ENABLED on. OpenAPI's way to say that an operation needs no credentials; a marker the
+app reads when it mounts the route, not a dependency, which would cost every request."""
 REQUIRE_TOKEN = Depends(_caller)
 """What ``app.routers.mount`` adds, with AUTH_ENABLED on, to a route that declares no policy."""
 
@@ -120,10 +117,10 @@ IfMatch = Annotated[
 Policy = Literal["public", "authenticated", "owner"]
 
 
-def policy(dependant: Dependant) -> Policy | None:
-    """Who may call the operation with AUTH_ENABLED on, read off its dependencies: ``owner``
-    (``Owner``), ``authenticated`` (``Caller``, ``CurrentUser``), ``public`` (``Public``);
-    ``None`` when it declares none."""
+def policy(dependant: Dependant, openapi_extra: dict[str, Any] | None) -> Policy | None:
+    """Who may call the operation with AUTH_ENABLED on, read off its dependencies and its
+    ``openapi_extra``: ``owner`` (``Owner``), ``authenticated`` (``Caller``, ``CurrentUser``),
+    ``public`` (``Public``); ``None`` when it declares none."""
     calls: set[Any] = set()
     pending = list(dependant.dependencies)
     while pending:
@@ -134,6 +131,6 @@ def policy(dependant: Dependant) -> Policy | None:
         return "owner"
     if _caller in calls:
         return "authenticated"
-    if _public in calls:
+    if openapi_extra is not None and openapi_extra.get("security") == []:
         return "public"
     return None

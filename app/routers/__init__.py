@@ -43,7 +43,7 @@ def mount(app: FastAPI, *, auth_enabled: bool) -> None:
         unguarded = [
             route
             for route in router.routes
-            if isinstance(route, APIRoute) and policy(route.dependant) is None
+            if isinstance(route, APIRoute) and policy(route.dependant, route.openapi_extra) is None
         ]
         if not (auth_enabled and unguarded):
             app.include_router(router)  # nothing added per request
@@ -65,7 +65,7 @@ def policy_table() -> str:
             if isinstance(route, APIRoute) and route.include_in_schema:
                 summary = re.split(r"[.;]\s", " ".join(route.description.split()))[0].rstrip(".")
                 for method in sorted(route.methods or ()):
-                    access = policy(route.dependant) or "authenticated"
+                    access = policy(route.dependant, route.openapi_extra) or "authenticated"
                     rows.append(f"| `{method} {route.path}` | {access} | {summary} |")
     return "\n".join(rows)
 

@@ -21,7 +21,7 @@ Auth = Annotated[Authenticator, Depends(AsyncProvide[Container.authenticator])]
 router = APIRouter(tags=["auth"], responses=responses(503))
 
 
-@router.post("/token", responses=responses(*BODY_ERRORS, 401, 429), dependencies=[Public])
+@router.post("/token", responses=responses(*BODY_ERRORS, 401, 429), openapi_extra=Public)
 @inject
 async def login(form: Annotated[LoginForm, Form()], request: Request, auth: Auth) -> Token:
     """Exchange an e-mail (``username``) and password for a bearer token; 429 after too many

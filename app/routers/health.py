@@ -13,7 +13,7 @@ from app.runtime import runtime_of
 from app.units.reader import Reader
 from app.web.errors import responses
 
-router = APIRouter(tags=["health"], responses=responses(503), dependencies=[Public])
+router = APIRouter(tags=["health"], responses=responses(503))
 
 
 class EngineHealth(BaseModel):
@@ -32,7 +32,7 @@ def _ping(session: Session) -> None:
     session.execute(text("SELECT 1"))
 
 
-@router.get("/health", response_model_exclude_unset=True)
+@router.get("/health", response_model_exclude_unset=True, openapi_extra=Public)
 @inject
 async def health(request: Request, read: Read) -> Health:
     """Readiness for a load balancer: 200 when the database answers, 503 when it does not or
@@ -62,7 +62,7 @@ async def _with_replicas(read: Reader, replicas: ReplicaSet) -> Health:
     raise failure
 
 
-@router.get("/health/live", response_model_exclude_unset=True)
+@router.get("/health/live", response_model_exclude_unset=True, openapi_extra=Public)
 async def live() -> Health:
     """Liveness for an orchestrator: 200 while the process serves HTTP; no database."""
     return Health(status="ok")

@@ -7,10 +7,11 @@ from app.deps import Public
 from app.observability import metrics
 from app.runtime import runtime_of
 
-router = APIRouter(tags=["operations"], dependencies=[Public])  # METRICS_ENABLED guards it
+router = APIRouter(tags=["operations"])
 
 
-@router.get("/metrics", include_in_schema=False, response_class=Response)
+# Public to bearer tokens: METRICS_ENABLED guards it.
+@router.get("/metrics", include_in_schema=False, response_class=Response, openapi_extra=Public)
 async def prometheus_metrics(request: Request) -> Response:
     """The Prometheus exposition of the app's metrics."""
     if not runtime_of(request.app).metrics_enabled:

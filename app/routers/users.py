@@ -22,7 +22,7 @@ router = APIRouter(prefix="/users", tags=["users"], responses=responses(503))
 _NOT_FOUND = "User not found"
 
 
-@router.post("/", response_model=UserRead, responses=responses(*BODY_ERRORS), dependencies=[Public])
+@router.post("/", response_model=UserRead, responses=responses(*BODY_ERRORS), openapi_extra=Public)
 @inject
 async def create_user(user_in: UserCreate, write: Write, users: Users) -> UserRead:
     """Register a user; 400 if the e-mail is taken."""

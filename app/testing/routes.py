@@ -91,7 +91,8 @@ Access = deps.Policy
 def access(route: RouteContext) -> Access:
     """Who may call the operation with AUTH_ENABLED on (``app.deps.policy``); a route that
     declares nobody needs a token (deny by default)."""
-    return deps.policy(route.dependant) or "authenticated"
+    original = cast(APIRoute, route.original_route)
+    return deps.policy(route.dependant, original.openapi_extra) or "authenticated"
 
 
 def _label(route: RouteContext) -> str:
