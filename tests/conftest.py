@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from app.testing.plugin import settings_free_environ
 
 APP = Path(sys.executable).with_name("app")
@@ -28,3 +30,11 @@ def run_app(
         timeout=timeout,
         check=False,
     )
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under pytest-xdist (``--dist loadgroup``), the tests that start multi-worker servers or
+    measure throughput run one after the other on one worker, beside the rest."""
+    for item in items:
+        if item.get_closest_marker("slow") or item.get_closest_marker("serial"):
+            item.add_marker(pytest.mark.xdist_group("serial"))

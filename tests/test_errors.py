@@ -34,6 +34,8 @@ from containers import container
 from tests.conftest import UNAVAILABLE
 from tests.doubles import BlockingReads
 
+pytestmark = pytest.mark.pgbouncer
+
 SECRET = "s3cret-pa55word"
 
 DATABASE_FREE = {"/health/live"}

@@ -3,12 +3,15 @@ GET /health/live: 200 while the process serves."""
 
 from pathlib import Path
 
+import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import create_engine
 
 from app.main import app
 from containers import container
 from tests.conftest import UNAVAILABLE
+
+pytestmark = pytest.mark.pgbouncer
 
 
 def test_health_is_ok(client: TestClient) -> None:

@@ -9,6 +9,8 @@ from app.models import Item
 from app.testing.plugin import count_rows
 from tests.factories import create_item, create_user
 
+pytestmark = pytest.mark.pgbouncer
+
 ITEM_KEYS = {"id", "title", "description", "owner_id"}
 
 

@@ -21,6 +21,8 @@ from app.testing.plugin import engine_pair
 from app.testing.postgres import PgBouncer, PostgresServer
 from containers import container
 
+pytestmark = pytest.mark.pgbouncer
+
 REQUESTS = 12
 
 

@@ -30,6 +30,8 @@ from app.transactions import Gate, Reader, Writer
 from containers import build_async_engine, build_engine, container
 from tests.factories import add_user, new_user
 
+pytestmark = pytest.mark.pgbouncer
+
 
 def _checked_out(engine: Engine) -> int:
     assert isinstance(engine.pool, QueuePool)

@@ -106,11 +106,38 @@ def settings_free_environ(**env: str) -> dict[str, str]:
     return clean | env
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--backend-tests-only",
+        action="store_true",
+        help="run only the tests whose outcome depends on the database backend: those that use "
+        "the database_url fixture (directly or through another fixture) or are marked backend",
+    )
+
+
 def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "backend: the test depends on the database backend without using the database_url "
+        "fixture (it reads BACKEND or TEST_DATABASE_URL); --backend-tests-only keeps it",
+    )
     if VIA_PGBOUNCER:
         # Transaction pooling hands each transaction any server connection: statements
         # that psycopg prepared on another one would not be found (PgBouncer < 1.22).
         os.environ["DB_PREPARE_THRESHOLD"] = "none"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not config.getoption("backend_tests_only"):
+        return
+    kept, dropped = [], []
+    for item in items:
+        fixtures = getattr(item, "fixturenames", ())
+        depends = "database_url" in fixtures or item.get_closest_marker("backend") is not None
+        (kept if depends else dropped).append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept
 
 
 def pytest_report_header() -> str:
