@@ -18,7 +18,7 @@ from sqlalchemy.pool import QueuePool
 import containers
 from app.config import Settings
 from app.testing.plugin import engine_pair, settings_free_environ
-from app.testing.server import free_port
+from app.testing.processes import free_port
 from containers import Container, dispose_engines
 
 THREADS = 16

@@ -21,7 +21,8 @@ from sqlalchemy.exc import OperationalError
 
 from app import metrics
 from app.config import Settings
-from app.testing.server import LiveServer, free_port
+from app.testing.processes import free_port
+from app.testing.server import LiveServer
 from containers import container
 from tests.doubles import BlockingReads
 from tests.factories import create_user

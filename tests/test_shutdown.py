@@ -1,7 +1,7 @@
 """SIGTERM with 20 writes in flight on ``app serve`` (2 workers, and 1): readiness fails, new
-connections are refused (or answered 503 by a worker still draining), every write finishes with 200 and is in the database, each worker
-disposes of its engines after its last one, and the process exits 0 within the graceful
-timeout."""
+connections are refused (or answered 503 by a worker still draining), every write finishes
+with 200 and is in the database, each worker disposes of its engines after its last one, and
+the process exits 0 within the graceful timeout."""
 
 import asyncio
 import json
