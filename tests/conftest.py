@@ -32,9 +32,15 @@ def run_app(
     )
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Under pytest-xdist (``--dist loadgroup``), the tests that start multi-worker servers or
-    measure throughput run one after the other on one worker, beside the rest."""
+    measure throughput run one after the other on one worker, beside the rest; so do the
+    tests of a module that shares its servers (module-scoped fixtures), which then start
+    once."""
+    if not config.pluginmanager.hasplugin("xdist"):
+        return
     for item in items:
         if item.get_closest_marker("slow") or item.get_closest_marker("serial"):
             item.add_marker(pytest.mark.xdist_group("serial"))
+        elif isinstance(item, pytest.Function) and getattr(item.module, "SHARES_SERVERS", False):
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__))

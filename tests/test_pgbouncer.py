@@ -23,6 +23,8 @@ from containers import container
 
 pytestmark = pytest.mark.pgbouncer
 
+SHARES_SERVERS = True  # module-scoped: under xdist, its tests run on one worker
+
 REQUESTS = 12
 
 
