@@ -42,7 +42,6 @@ test-sized Argon2id cost for the whole session.
 import contextlib
 import os
 import secrets
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -54,7 +53,7 @@ from pwdlib import PasswordHash
 from pwdlib.hashers.argon2 import Argon2Hasher
 from pydantic import SecretStr
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
-from sqlalchemy import ColumnElement, Engine, create_engine, func, make_url, select, text
+from sqlalchemy import ColumnElement, Engine, func, make_url, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.orm import Session
 
@@ -63,6 +62,7 @@ from app.database import Base, SessionLocal, ensure_database_schema
 from app.main import create_app
 from app.security import Tokens
 from app.sqlite import BEGIN_MODE
+from app.testing.databases import TestDatabases
 from containers import build_async_engine, build_engine, container
 
 __all__ = [
@@ -199,13 +199,11 @@ def _light_password_hashing() -> Iterator[None]:
 
 
 @pytest.fixture(scope="session")
-def _server_admin() -> Iterator[Engine]:
-    """One superuser connection pool for the whole run: it creates and drops test databases."""
-    admin = create_engine(
-        make_url(SERVER_URL).set(drivername="postgresql+psycopg"), isolation_level="AUTOCOMMIT"
-    )
-    yield admin
-    admin.dispose()
+def _test_databases() -> Iterator[TestDatabases]:
+    """Creates and drops the test databases on the server, one ahead, for the whole run."""
+    databases = TestDatabases(SERVER_URL)
+    yield databases
+    databases.close()
 
 
 @pytest.fixture
@@ -216,20 +214,13 @@ def database_url(
     if BACKEND == "sqlite":
         yield f"sqlite:///{tmp_path_factory.mktemp('db') / 'test.db'}"
         return
-    admin: Engine = request.getfixturevalue("_server_admin")
-    name = f"test_{uuid.uuid4().hex[:16]}"
-    with admin.connect() as conn:
-        # FILE_COPY copies the small template's files: ~5x faster than PostgreSQL 15's
-        # default WAL_LOG strategy, which writes every page of the template to the WAL.
-        version = conn.dialect.server_version_info or (0,)
-        strategy = " STRATEGY FILE_COPY" if version >= (15,) else ""
-        conn.execute(text(f'CREATE DATABASE "{name}"{strategy}'))
+    databases: TestDatabases = request.getfixturevalue("_test_databases")
+    name = databases.take()
     try:
         via = PGBOUNCER_URL if VIA_PGBOUNCER else SERVER_URL
         yield make_url(via).set(database=name).render_as_string(hide_password=False)
     finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        databases.give_back(name)
 
 
 @pytest.fixture
