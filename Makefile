@@ -2,9 +2,11 @@
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-# pytest-xdist workers per run; the tests marked slow or serial share one of them.
+# pytest-xdist workers for the tests that time nothing; those marked slow or serial (real
+# multi-worker servers, throughput, latency) run afterwards one at a time, alone.
 JOBS ?= 2
-PYTEST := $(BIN)/coverage run -m pytest -n $(JOBS) --dist loadgroup
+PYTEST := $(BIN)/coverage run -m pytest
+TIMED := (slow or serial)
 WITH_POSTGRES := $(BIN)/python scripts/with_postgres.py
 
 .PHONY: run test system-packages compile test-sqlite test-postgres test-pgbouncer coverage lint format \
@@ -38,14 +40,18 @@ compile: $(BIN)/app
 	$(BIN)/python -m compileall -q app containers.py tests bench scripts
 
 test-sqlite: compile
-	$(PYTEST)
+	$(PYTEST) -n $(JOBS) --dist loadgroup -m "not $(TIMED)"
+	$(PYTEST) -n 0 -m "$(TIMED)"
 
 test-postgres: compile
-	$(WITH_POSTGRES) $(PYTEST) --backend-tests-only
+	$(WITH_POSTGRES) $(PYTEST) --backend-tests-only -n $(JOBS) --dist loadgroup -m "not $(TIMED)"
+	$(WITH_POSTGRES) $(PYTEST) --backend-tests-only -n 0 -m "$(TIMED)"
 
 # Transaction pooling (the plugin sets DB_PREPARE_THRESHOLD=none).
 test-pgbouncer: compile
-	$(WITH_POSTGRES) --pgbouncer $(PYTEST) --backend-tests-only -m pgbouncer
+	$(WITH_POSTGRES) --pgbouncer $(PYTEST) --backend-tests-only -n $(JOBS) --dist loadgroup \
+		-m "pgbouncer and not $(TIMED)"
+	$(WITH_POSTGRES) --pgbouncer $(PYTEST) --backend-tests-only -n 0 -m "pgbouncer and $(TIMED)"
 
 coverage: $(BIN)/app  ## combine the runs' data; fails below fail_under in pyproject.toml
 	$(BIN)/coverage combine --quiet

@@ -33,10 +33,10 @@ def run_app(
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Under pytest-xdist (``--dist loadgroup``), the tests that start multi-worker servers or
-    measure throughput run one after the other on one worker, beside the rest; so do the
-    tests of a module that shares its servers (module-scoped fixtures), which then start
-    once."""
+    """Under pytest-xdist (``--dist loadgroup``), the tests of a module that shares its
+    servers (module-scoped fixtures) run on one worker, so that they start once; the tests
+    marked slow or serial, if any are selected, run one after the other on one worker (make
+    test runs them in a pytest of their own, without xdist)."""
     if not config.pluginmanager.hasplugin("xdist"):
         return
     for item in items:
