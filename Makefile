@@ -2,8 +2,15 @@
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+# pytest-xdist workers for the tests that time nothing; those marked slow or serial (real
+# multi-worker servers, throughput, latency) run afterwards one at a time, alone.
+JOBS ?= 2
+PYTEST := $(BIN)/coverage run -m pytest
+TIMED := (slow or serial)
+WITH_POSTGRES := $(BIN)/python scripts/with_postgres.py
 
-.PHONY: run test test-sqlite test-postgres test-pgbouncer coverage lint format bench clean image image-test
+.PHONY: run test system-packages compile test-sqlite test-postgres test-pgbouncer coverage lint format \
+	bench clean image image-test
 
 $(BIN)/app: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -14,25 +21,37 @@ $(BIN)/app: pyproject.toml
 run: $(BIN)/app  ## serve the API on http://127.0.0.1:8000 (SQLite by default)
 	$(BIN)/app serve
 
-test:  ## the suite on SQLite, on a real PostgreSQL, in part through PgBouncer; branch coverage
+# The whole suite on SQLite; the tests that depend on the backend again on a real PostgreSQL,
+# and those marked pgbouncer a third time through PgBouncer; combined branch coverage.
+# One run at a time: each uses every CPU (JOBS), and timing tests want them.
+test: system-packages $(BIN)/app
 	rm -f .coverage .coverage.*
-	$(MAKE) test-sqlite test-postgres test-pgbouncer
+	$(MAKE) test-sqlite
+	$(MAKE) test-postgres
+	$(MAKE) test-pgbouncer
 	$(MAKE) coverage
 
-test-sqlite: $(BIN)/app
-	$(BIN)/coverage run -m pytest
+system-packages:  ## install PostgreSQL, PgBouncer, wrk and Chromium with apt-get when missing
+	scripts/system_packages.sh
 
-test-postgres: $(BIN)/app
-	$(BIN)/python scripts/with_postgres.py $(BIN)/coverage run -m pytest
+# Bytecode for the fresh interpreters the tests start (servers, CLI runs), even where
+# PYTHONDONTWRITEBYTECODE is set.
+compile: $(BIN)/app
+	$(BIN)/python -m compileall -q app containers.py tests bench scripts
 
-# The HTTP contract, concurrency and stress, migrations and outages, through PgBouncer in
-# transaction mode (the plugin sets DB_PREPARE_THRESHOLD=none).
-PGBOUNCER_TESTS := tests/test_users.py tests/test_items.py tests/test_health.py \
-	tests/test_errors.py tests/test_transactions.py tests/test_stress.py tests/test_overload.py \
-	tests/test_migrations.py tests/test_outage.py tests/test_pgbouncer.py
+test-sqlite: compile
+	$(PYTEST) -n $(JOBS) --dist loadgroup -m "not $(TIMED)"
+	$(PYTEST) -n 0 -m "$(TIMED)"
 
-test-pgbouncer: $(BIN)/app
-	$(BIN)/python scripts/with_postgres.py --pgbouncer $(BIN)/coverage run -m pytest $(PGBOUNCER_TESTS)
+test-postgres: compile
+	$(WITH_POSTGRES) $(PYTEST) --backend-tests-only -n $(JOBS) --dist loadgroup -m "not $(TIMED)"
+	$(WITH_POSTGRES) $(PYTEST) --backend-tests-only -n 0 -m "$(TIMED)"
+
+# Transaction pooling (the plugin sets DB_PREPARE_THRESHOLD=none).
+test-pgbouncer: compile
+	$(WITH_POSTGRES) --pgbouncer $(PYTEST) --backend-tests-only -n $(JOBS) --dist loadgroup \
+		-m "pgbouncer and not $(TIMED)"
+	$(WITH_POSTGRES) --pgbouncer $(PYTEST) --backend-tests-only -n 0 -m "pgbouncer and $(TIMED)"
 
 coverage: $(BIN)/app  ## combine the runs' data; fails below fail_under in pyproject.toml
 	$(BIN)/coverage combine --quiet

@@ -3,7 +3,7 @@
 import os
 from pathlib import Path
 
-from app.testing.server import proc_stat_fields
+from app.testing.processes import proc_stat_fields
 
 __all__ = ["cpu_seconds", "peak_rss_kib"]
 

@@ -10,6 +10,7 @@ import sys
 from contextlib import ExitStack
 from pathlib import Path
 
+import pytest
 from sqlalchemy import create_engine, insert
 
 from app.database import Base
@@ -93,6 +94,7 @@ def _replicas_can_run() -> bool:
     ]
 
 
+@pytest.mark.backend
 def test_quick_benchmark_prints_every_table_with_its_rows() -> None:
     env = {k: v for k, v in os.environ.items() if k != "BENCH_POSTGRES_URL"}
     postgres = BACKEND == "postgresql"

@@ -15,7 +15,8 @@ from app.config import Settings
 from app.main import create_app
 from app.testing import routes
 from app.testing.plugin import settings_free_environ, with_auth
-from app.testing.server import LiveServer, free_port
+from app.testing.processes import free_port
+from app.testing.server import LiveServer
 from containers import container
 from tests.conftest import APP, run_app
 

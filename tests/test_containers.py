@@ -19,7 +19,7 @@ from app.config import Settings
 from app.db import engines
 from app.lifespan import dispose_engines
 from app.testing.plugin import engine_pair, settings_free_environ
-from app.testing.server import free_port
+from app.testing.processes import free_port
 from containers import Container
 
 THREADS = 16

@@ -13,6 +13,8 @@ from app.main import app
 from app.testing import routes
 from app.testing.server import LiveServer
 
+SHARES_SERVERS = True  # module-scoped: under xdist, its tests run on one worker
+
 CHROMIUM = "/usr/bin/chromium"
 ASSET = re.compile(r"""(?:src|href|spec-url)\s*=\s*["']([^"']+)["']|url:\s*["']([^"']+)["']""")
 CONTENT_TYPES = {".js": "javascript", ".css": "text/css", ".png": "image/png", ".json": "json"}

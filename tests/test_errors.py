@@ -29,10 +29,12 @@ from app.schemas import ItemCreate, ItemRead, UserCreate, UserRead
 from app.services import ItemService, UserService
 from app.testing import routes
 from app.testing.plugin import count_rows
-from app.testing.server import free_port
+from app.testing.processes import free_port
 from containers import container
 from tests.conftest import UNAVAILABLE
 from tests.doubles import BlockingReads
+
+pytestmark = pytest.mark.pgbouncer
 
 SECRET = "s3cret-pa55word"
 

@@ -18,6 +18,8 @@ from psycopg.rows import TupleRow
 
 from app.testing.postgres import PgBouncer, PostgresServer, missing_binaries
 
+SHARES_SERVERS = True  # module-scoped: under xdist, its tests run on one worker
+
 DEADLINE_S = 30.0
 APPLY_DELAY_S = 2.0
 

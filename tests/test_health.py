@@ -3,6 +3,7 @@ GET /health/live: 200 while the process serves."""
 
 from pathlib import Path
 
+import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import create_engine
 
@@ -10,6 +11,8 @@ from app.main import app
 from app.runtime import runtime_of
 from containers import container
 from tests.conftest import UNAVAILABLE
+
+pytestmark = pytest.mark.pgbouncer
 
 
 def test_health_is_ok(client: TestClient) -> None:

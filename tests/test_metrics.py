@@ -22,7 +22,8 @@ from sqlalchemy.exc import OperationalError
 from app.config import Settings
 from app.observability import metrics
 from app.runtime import runtime_of
-from app.testing.server import LiveServer, free_port
+from app.testing.processes import free_port
+from app.testing.server import LiveServer
 from containers import container
 from tests.doubles import BlockingReads
 from tests.factories import create_user

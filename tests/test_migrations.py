@@ -28,6 +28,8 @@ from app.exceptions import UnversionedDatabaseError
 from app.testing.plugin import BACKEND, settings_free_environ
 from containers import container
 
+pytestmark = pytest.mark.pgbouncer
+
 VERSIONS = Path(migrations.__file__).parent / "versions"
 SCRIPTS = ScriptDirectory.from_config(migrations.alembic_config())
 (HEAD,) = SCRIPTS.get_heads()  # exactly one: `app db upgrade head` refuses several

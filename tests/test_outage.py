@@ -25,6 +25,8 @@ from tests.load import Connection, ProtocolError
 
 pytestmark = [
     pytest.mark.slow,
+    pytest.mark.pgbouncer,
+    pytest.mark.backend,
     pytest.mark.skipif(
         BACKEND != "postgresql",
         reason="runs in the PostgreSQL runs (make test-postgres, make test-pgbouncer)",

@@ -16,7 +16,7 @@ from sqlalchemy import Engine
 from app.testing.server import LiveServer
 from tests.load import Connection, LoadResult, Request, run_load
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.pgbouncer]
 
 ROUND_SECONDS = 2.5
 ROUNDS = 2  # alternate 16 and 128 connections; compare the best of each (others share the CPU)

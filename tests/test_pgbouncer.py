@@ -21,6 +21,10 @@ from app.testing.plugin import engine_pair
 from app.testing.postgres import PgBouncer, PostgresServer
 from containers import container
 
+pytestmark = pytest.mark.pgbouncer
+
+SHARES_SERVERS = True  # module-scoped: under xdist, its tests run on one worker
+
 REQUESTS = 12
 
 

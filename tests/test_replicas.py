@@ -24,6 +24,7 @@ from tests.load import Request, run_load
 
 pytestmark = [
     pytest.mark.slow,
+    pytest.mark.backend,
     pytest.mark.skipif(
         BACKEND != "postgresql" or VIA_PGBOUNCER,
         reason="runs in the PostgreSQL run (make test-postgres), with servers of its own",

@@ -1,7 +1,7 @@
 """SIGTERM with 20 writes in flight on ``app serve`` (2 workers, and 1): readiness fails, new
-connections are refused, every write finishes with 200 and is in the database, each worker
-disposes of its engines after its last one, and the process exits 0 within the graceful
-timeout."""
+connections are refused (or answered 503 by a worker still draining), every write finishes
+with 200 and is in the database, each worker disposes of its engines after its last one, and
+the process exits 0 within the graceful timeout."""
 
 import asyncio
 import json
@@ -137,9 +137,11 @@ async def test_sigterm_lets_requests_in_flight_finish_and_commit(
 
     assert [r.status for r in responses] == [200] * IN_FLIGHT, [r.body for r in responses]
     # Each connection: 200s until its worker got the signal, maybe 503s, then closed; never
-    # ready again. New connections are refused, not left waiting.
+    # ready again. A new connection is refused, or answered 503 by a worker that is draining
+    # but has not closed its socket yet (with 2 workers, the one that saw SIGTERM last);
+    # never left waiting, never ready.
     assert not [seen for seen in readiness if ready_again(seen) or seen[-1] != "closed"]
-    assert refused == "closed"
+    assert refused in ("closed", "503"), refused
     assert code == 0
     assert exited_after < GRACE_SECONDS
     with schema.connect() as conn:

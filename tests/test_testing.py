@@ -10,7 +10,8 @@ from sqlalchemy.orm import Session
 
 from app.db.sqlite import BEGIN_MODE
 from app.models import Item, User
-from app.testing.server import LiveServer, LiveServerError, proc_stat_fields
+from app.testing.processes import proc_stat_fields
+from app.testing.server import LiveServer, LiveServerError
 from tests.factories import new_user
 
 

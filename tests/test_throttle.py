@@ -258,6 +258,7 @@ def signup(connection: http.client.HTTPConnection, email: str) -> None:
     response.read()
 
 
+@pytest.mark.serial
 def test_two_workers_share_one_allowance_per_e_mail(
     database_url: str, schema: Engine, log_config: Path
 ) -> None:
@@ -296,6 +297,7 @@ def test_two_workers_share_one_allowance_per_e_mail(
         assert at_once == [401] * 5 + [429] * 7
 
 
+@pytest.mark.serial
 def test_two_workers_share_one_allowance_per_address(
     database_url: str, schema: Engine, log_config: Path
 ) -> None:

@@ -33,6 +33,8 @@ from app.units.writer import Writer
 from containers import container
 from tests.factories import add, new_user
 
+pytestmark = pytest.mark.pgbouncer
+
 
 def _checked_out(engine: Engine) -> int:
     assert isinstance(engine.pool, QueuePool)

@@ -18,6 +18,8 @@ from app.testing.plugin import count_rows, engine_pair
 from containers import container
 from tests.factories import PASSWORD, add, create_item, create_user
 
+pytestmark = pytest.mark.pgbouncer
+
 USER_KEYS = {"id", "email", "is_active", "items"}
 
 

@@ -2,15 +2,23 @@
 
 Load it with ``addopts = "-p app.testing.plugin"`` in pytest's configuration (this project's
 pyproject.toml does), or ``pytest_plugins = ["app.testing.plugin"]`` in a root ``conftest.py``
-that imports nothing from it.
+that imports nothing from it. It needs pytest-asyncio (its async fixtures are declared for
+both its strict and its auto mode).
+
+Tests never see the settings of the process that runs them: ``settings`` is built from the
+field defaults plus what the fixture asks for, not from the environment, ``.env`` or
+``config.yml`` (``requested_settings(**values)`` builds the same for a test of yours), and
+``client`` is an app created for them.
 
 The backend is SQLite (a temporary file) unless ``TEST_DATABASE_URL`` names a PostgreSQL
 server (a superuser URL), in which case each test gets a fresh database on it, dropped
 afterwards; ``scripts/with_postgres.py`` starts a throwaway server and sets it. When
 ``TEST_PGBOUNCER_URL`` names a PgBouncer in front of that server as well (``with_postgres.py
 --pgbouncer``), the databases are still created on the server, but the app reaches them
-through PgBouncer, and ``DB_PREPARE_THRESHOLD=none`` is set in the environment for the run
-(so that the settings and the live servers of every test read it).
+through PgBouncer with ``DB_PREPARE_THRESHOLD`` None (in ``settings``, and in the
+environment for the run, so that the live servers of every test read it too).
+``--backend-tests-only`` keeps the tests that depend on the backend: those using
+``database_url`` (directly or through another fixture) or marked ``backend``.
 
 - ``database_url``: the URL of this test's empty database;
 - ``settings``: ``Settings`` for it; override this fixture to change a knob for a module;
@@ -18,7 +26,7 @@ through PgBouncer, and ``DB_PREPARE_THRESHOLD=none`` is set in the environment f
   ``container.settings``, ``container.engine`` and ``container.async_engine`` until the
   test ends, so ``app.database``, ``@inject``-wired code and HTTP requests all use it;
 - ``schema``: the same, with the tables created;
-- ``client``: a ``TestClient`` of the started app on that database;
+- ``client``: a ``TestClient`` of an app created and started on that database;
 - ``auth_client``: the same for an app created with ``AUTH_ENABLED`` and a random
   ``SECRET_KEY``; ``bearer(user_id)`` gives the ``Authorization`` header of a valid token;
 - ``db_session`` (opt-in): a ``Session`` inside a transaction that is rolled back after the
@@ -26,22 +34,26 @@ through PgBouncer, and ``DB_PREPARE_THRESHOLD=none`` is set in the environment f
   External Transaction" recipe); the container hands the app sessions on the same
   connection, so it suits tests that send one request at a time.
 
-Password hashing runs at a test-sized Argon2id cost for the whole session.
+Helpers: ``count_rows(Model, *where)``, ``bearer(user_id)``, ``with_auth(settings)``,
+``requested_settings(**values)``, ``engine_pair(settings)``. Password hashing runs at a
+test-sized Argon2id cost for the whole session.
 """
 
 import contextlib
 import os
 import secrets
-import uuid
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import pytest
+import pytest_asyncio
 from dependency_injector import providers
 from fastapi.testclient import TestClient
 from pwdlib import PasswordHash
 from pwdlib.hashers.argon2 import Argon2Hasher
 from pydantic import SecretStr
-from sqlalchemy import ColumnElement, Engine, create_engine, func, make_url, select, text
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from sqlalchemy import ColumnElement, Engine, func, make_url, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.orm import Session
 
@@ -51,7 +63,8 @@ from app.database import Base, SessionLocal, ensure_database_schema
 from app.db.engines import build_async_engine, build_engine
 from app.db.session import AppSession
 from app.db.sqlite import BEGIN_MODE
-from app.main import app, create_app
+from app.main import create_app
+from app.testing.databases import TestDatabases
 from containers import container
 
 __all__ = [
@@ -62,6 +75,7 @@ __all__ = [
     "bearer",
     "count_rows",
     "engine_pair",
+    "requested_settings",
     "settings_free_environ",
     "with_auth",
 ]
@@ -70,6 +84,34 @@ SERVER_URL = os.environ.get("TEST_DATABASE_URL", "")
 BACKEND = "postgresql" if SERVER_URL.startswith("postgresql") else "sqlite"
 PGBOUNCER_URL = os.environ.get("TEST_PGBOUNCER_URL", "")
 VIA_PGBOUNCER = BACKEND == "postgresql" and bool(PGBOUNCER_URL)
+# Transaction pooling hands each transaction any server connection: statements that psycopg
+# prepared on another one would not be found (PgBouncer < 1.22).
+_BACKEND_SETTINGS: dict[str, Any] = {"DB_PREPARE_THRESHOLD": None} if VIA_PGBOUNCER else {}
+
+
+class _Requested(Settings):
+    """Settings from the field defaults and the values passed in, and from nothing else."""
+
+    model_config = SettingsConfigDict(env_file=None, yaml_file=None)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings,)
+
+
+def requested_settings(**values: Any) -> Settings:
+    """``Settings`` from the field defaults plus ``values``, validated: never the environment,
+    ``.env`` or ``config.yml`` of the process running the tests. Through PgBouncer,
+    ``DB_PREPARE_THRESHOLD`` is None unless ``values`` say otherwise."""
+    requested = _Requested(**(_BACKEND_SETTINGS | values))
+    return Settings.model_construct(requested.model_fields_set, **dict(requested))
 
 
 @contextlib.asynccontextmanager
@@ -108,11 +150,42 @@ def settings_free_environ(**env: str) -> dict[str, str]:
     return clean | env
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--backend-tests-only",
+        action="store_true",
+        help="run only the tests whose outcome depends on the database backend: those that use "
+        "the database_url fixture (directly or through another fixture) or are marked backend",
+    )
+
+
 def pytest_configure(config: pytest.Config) -> None:
-    if VIA_PGBOUNCER:
-        # Transaction pooling hands each transaction any server connection: statements
-        # that psycopg prepared on another one would not be found (PgBouncer < 1.22).
+    if not config.pluginmanager.hasplugin("asyncio"):
+        raise pytest.UsageError(
+            "app.testing.plugin needs pytest-asyncio (pip install pytest-asyncio); it works in "
+            "its strict mode and its auto mode"
+        )
+    config.addinivalue_line(
+        "markers",
+        "backend: the test depends on the database backend without using the database_url "
+        "fixture (it reads BACKEND or TEST_DATABASE_URL); --backend-tests-only keeps it",
+    )
+    if VIA_PGBOUNCER:  # for the live servers the tests start, and Settings() in tests
         os.environ["DB_PREPARE_THRESHOLD"] = "none"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not config.getoption("backend_tests_only"):
+        return
+    kept: list[pytest.Item] = []
+    dropped: list[pytest.Item] = []
+    for item in items:
+        fixtures = getattr(item, "fixturenames", ())
+        depends = "database_url" in fixtures or item.get_closest_marker("backend") is not None
+        (kept if depends else dropped).append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept
 
 
 def pytest_report_header() -> str:
@@ -128,13 +201,11 @@ def _light_password_hashing() -> Iterator[None]:
 
 
 @pytest.fixture(scope="session")
-def _server_admin() -> Iterator[Engine]:
-    """One superuser connection pool for the whole run: it creates and drops test databases."""
-    admin = create_engine(
-        make_url(SERVER_URL).set(drivername="postgresql+psycopg"), isolation_level="AUTOCOMMIT"
-    )
-    yield admin
-    admin.dispose()
+def _test_databases() -> Iterator[TestDatabases]:
+    """Creates and drops the test databases on the server, one ahead, for the whole run."""
+    databases = TestDatabases(SERVER_URL)
+    yield databases
+    databases.close()
 
 
 @pytest.fixture
@@ -145,28 +216,21 @@ def database_url(
     if BACKEND == "sqlite":
         yield f"sqlite:///{tmp_path_factory.mktemp('db') / 'test.db'}"
         return
-    admin: Engine = request.getfixturevalue("_server_admin")
-    name = f"test_{uuid.uuid4().hex[:16]}"
-    with admin.connect() as conn:
-        # FILE_COPY copies the small template's files: ~5x faster than PostgreSQL 15's
-        # default WAL_LOG strategy, which writes every page of the template to the WAL.
-        version = conn.dialect.server_version_info or (0,)
-        strategy = " STRATEGY FILE_COPY" if version >= (15,) else ""
-        conn.execute(text(f'CREATE DATABASE "{name}"{strategy}'))
+    databases: TestDatabases = request.getfixturevalue("_test_databases")
+    name = databases.take()
     try:
         via = PGBOUNCER_URL if VIA_PGBOUNCER else SERVER_URL
         yield make_url(via).set(database=name).render_as_string(hide_password=False)
     finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        databases.give_back(name)
 
 
 @pytest.fixture
 def settings(database_url: str) -> Settings:
-    return Settings(DATABASE_URL=database_url, DB_QUEUE_TIMEOUT=10)
+    return requested_settings(DATABASE_URL=database_url, DB_QUEUE_TIMEOUT=10)
 
 
-@pytest.fixture
+@pytest_asyncio.fixture(loop_scope="function")
 async def engines(settings: Settings) -> AsyncIterator[tuple[Engine, AsyncEngine]]:
     """Point the container at this test's database, and back again afterwards."""
     async with engine_pair(settings) as (engine, async_engine):
@@ -196,7 +260,8 @@ def schema(engine: Engine) -> Engine:
 
 @pytest.fixture
 def client(schema: Engine) -> Iterator[TestClient]:
-    with TestClient(app) as test_client:
+    # A new app: app.main.app was built from the settings at import (AUTH_ENABLED, CORS...).
+    with TestClient(create_app()) as test_client:
         yield test_client
 
 

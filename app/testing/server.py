@@ -19,7 +19,6 @@ import contextlib
 import http.client
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -27,7 +26,9 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-__all__ = ["LiveServer", "LiveServerError", "free_port", "proc_stat_fields"]
+from app.testing.processes import HOST, children, free_port
+
+__all__ = ["LiveServer", "LiveServerError"]
 
 _STARTED = "Application startup complete."
 _PORT_ATTEMPTS = 3
@@ -35,37 +36,6 @@ _PORT_ATTEMPTS = 3
 
 class LiveServerError(RuntimeError):
     """The server did not start (the message carries the tail of its log)."""
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that is free right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def proc_stat_fields(pid: int | str) -> list[str]:
-    """``/proc/<pid>/stat`` from field 3 (state) on: the command name before it, field 2,
-    may contain spaces and parentheses, so the fields are counted from its last ")"."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    return stat[stat.rfind(")") + 2 :].split()
-
-
-def _spawned_children(pid: int) -> list[int]:
-    """Children of ``pid`` started by multiprocessing's spawn (not its resource tracker)."""
-    children = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            parent = int(proc_stat_fields(entry.name)[1])
-            cmdline = (entry / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if parent == pid and b"spawn_main" in cmdline:
-            children.append(int(entry.name))
-    return sorted(children)
 
 
 class LiveServer:
@@ -121,7 +91,7 @@ class LiveServer:
 
     @property
     def host(self) -> str:
-        return "127.0.0.1"
+        return HOST
 
     @property
     def url(self) -> str:
@@ -137,7 +107,8 @@ class LiveServer:
         """The processes serving requests: the supervisor's children, or the server itself."""
         if self.workers == 1:
             return [self.pid]
-        return _spawned_children(self.pid)
+        # multiprocessing's spawn starts the workers (and a resource tracker, not one).
+        return [pid for pid, _ in children(self.pid, cmdline_contains=b"spawn_main")]
 
     def log_text(self) -> str:
         """Everything the server printed so far (also after ``stop()``)."""
