@@ -85,6 +85,7 @@ image:  ## build IMAGE from BASE_IMAGE (default: the official python slim image)
 		--tag $(IMAGE) .
 
 image-test: $(BIN)/app  ## build the image on a local Debian base, run it chrooted and check it
+	scripts/system_packages.sh image
 	$(BIN)/python scripts/image_test.py --engine $(ENGINE) base $(TEST_BASE_IMAGE)
 	$(MAKE) image ENGINE=$(ENGINE) BASE_IMAGE=$(TEST_BASE_IMAGE) IMAGE=$(TEST_IMAGE)
 	$(BIN)/python scripts/image_test.py --engine $(ENGINE) run $(TEST_IMAGE)
