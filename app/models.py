@@ -5,7 +5,7 @@ from typing import Any
 
 from sqlalchemy import ForeignKey, String
 from sqlalchemy.engine.default import DefaultExecutionContext
-from sqlalchemy.orm import Mapped, declared_attr, mapped_column, relationship
+from sqlalchemy.orm import Mapped, declared_attr, mapped_column, relationship, validates
 
 from app.base import Base
 from app.emails import canonical_email
@@ -18,7 +18,8 @@ _NEVER_REUSE_IDS = {"sqlite_autoincrement": True}
 
 
 def _email_key(context: DefaultExecutionContext) -> str:
-    return canonical_email(context.get_current_parameters()["email"])
+    email: str = context.get_current_parameters()["email"]  # type: ignore[no-untyped-call]
+    return canonical_email(email)
 
 
 class Owned:
@@ -44,11 +45,14 @@ class User(Owned, Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     email: Mapped[str] = mapped_column(String(320))
     """As the user typed it (trimmed; the domain lower-cased)."""
-    email_key: Mapped[str] = mapped_column(String(320), unique=True, default=_email_key)
+    # sort_order: after the mixin's version, where migration 0004 added them.
+    email_key: Mapped[str] = mapped_column(
+        String(320), unique=True, default=_email_key, sort_order=1
+    )
     """``canonical_email(email)``: one account per address, whatever its letter case."""
     hashed_password: Mapped[str] = mapped_column(String(255))
     is_active: Mapped[bool] = mapped_column(default=True, server_default="1")
-    credentials_version: Mapped[int] = mapped_column(server_default="1")
+    credentials_version: Mapped[int] = mapped_column(server_default="1", sort_order=1)
     """Carried in every access token; a password change or a deactivation bumps it, and
     every token issued before stops working (checked on the row the token check loads)."""
 
@@ -60,6 +64,11 @@ class User(Owned, Base):
         cascade="all, delete-orphan",
         passive_deletes=True,
     )
+
+    @validates("email")
+    def _keep_email_key(self, key: str, email: str) -> str:
+        self.email_key = canonical_email(email)
+        return email
 
     @property
     def owned_by(self) -> int:

@@ -104,7 +104,7 @@ def test_upgrade_head_builds_exactly_the_create_all_schema(engine: Engine) -> No
     assert current_revision(engine) == HEAD
     assert schema_of(engine) == created
     assert set(created) == TABLES
-    assert ("ix_users_email", ("email",), True) in created["users"]["indexes"]
+    assert ("uq_users_email_key", ("email_key",)) in created["users"]["unique_constraints"]
     assert [fk[1:4] for fk in created["items"]["foreign_keys"]] == [
         (("owner_id",), "users", ("id",))
     ]
@@ -127,7 +127,7 @@ def test_autogenerate_detects_a_schema_that_differs_from_the_models(engine: Engi
 def test_upgrade_downgrade_to_base_and_upgrade_again(engine: Engine) -> None:
     migrations.upgrade()
     with engine.begin() as connection:
-        connection.execute(text("INSERT INTO users (email, hashed_password) VALUES ('a@b.c', 'h')"))
+        connection.execute(text(INSERT_USER))
 
     command.downgrade(migrations.alembic_config(), "base")
     assert current_revision(engine) is None
@@ -274,6 +274,9 @@ def downgrade() -> None:
 """
 
 
+INSERT_USER = "INSERT INTO users (email, email_key, hashed_password) VALUES ('a@b.c', 'a@b.c', 'h')"
+
+
 def config_with_extra_revision(directory: Path, extra: str = "") -> Config:
     """The package's revisions plus one on top of head that recreates the users table."""
     (directory / "extra.py").write_text(EXTRA_REVISION.format(head=HEAD, extra=extra))
@@ -284,7 +287,7 @@ def config_with_extra_revision(directory: Path, extra: str = "") -> Config:
 
 def insert_user_with_item(engine: Engine) -> None:
     with engine.begin() as connection:
-        connection.execute(text("INSERT INTO users (email, hashed_password) VALUES ('a@b.c', 'h')"))
+        connection.execute(text(INSERT_USER))
         connection.execute(text("INSERT INTO items (title, owner_id) VALUES ('t', 1)"))
 
 

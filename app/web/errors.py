@@ -15,6 +15,7 @@ from app import request_context
 from app.exceptions import (
     DATABASE_FAILURES,
     RETRY_AFTER_SECONDS,
+    CurrentPasswordError,
     DatabaseBusyError,
     EmailAlreadyRegisteredError,
     InactiveUserError,
@@ -40,7 +41,7 @@ _BEARER = {"WWW-Authenticate": "Bearer"}
 _RESPONSES: dict[int, dict[str, Any]] = {
     400: {
         "description": "The body cannot be parsed, or the request conflicts with the rules "
-        "(e-mail taken, inactive user)"
+        "(e-mail taken, inactive user, current_password missing or wrong)"
     },
     401: {
         "description": "No valid bearer token (or, at /token, wrong e-mail or password)",
@@ -95,6 +96,10 @@ async def _throttled(request: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, LoginThrottledError)
     retry_after = {"Retry-After": str(error.retry_after)}
     return _detail("Too many login attempts, retry later", 429, retry_after)
+
+
+async def _current_password(request: Request, error: Exception) -> JSONResponse:
+    return _detail(str(error), 400)
 
 
 async def _inactive(request: Request, error: Exception) -> JSONResponse:
@@ -189,6 +194,7 @@ def install_error_handlers(app: FastAPI) -> None:
         IncorrectLoginError: _incorrect_login,
         LoginThrottledError: _throttled,
         InactiveUserError: _inactive,
+        CurrentPasswordError: _current_password,
         PermissionDeniedError: _forbidden,
         PreconditionFailedError: _precondition_failed,
         StaleDataError: _precondition_failed,
