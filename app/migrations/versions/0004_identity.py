@@ -25,6 +25,8 @@ def _users(stage: str) -> sa.Table:
     """The users table at 0003, while its e-mail keys are filled in, and at 0004 (what
     SQLite's rebuild copies from)."""
     before, at_0004 = stage == "0003", stage == "0004"
+    added: list[sa.Column[Any]] = [] if before else [_email_key(nullable=not at_0004)]
+    added += [] if before else [_credentials_version()]
     return sa.Table(
         "users",
         sa.MetaData(),
@@ -33,7 +35,7 @@ def _users(stage: str) -> sa.Table:
         sa.Column("hashed_password", sa.String(length=255), nullable=False),
         sa.Column("is_active", sa.Boolean(), server_default="1", nullable=False),
         sa.Column("version", sa.Integer(), server_default="1", nullable=False),
-        *([] if before else [_email_key(nullable=not at_0004), _credentials_version()]),
+        *added,
         *([sa.Index("ix_users_email", "email", unique=True)] if before else []),
         *([sa.UniqueConstraint("email_key", name="uq_users_email_key")] if at_0004 else []),
         sqlite_autoincrement=True,
