@@ -101,7 +101,9 @@ class UserCreate(BaseModel):
 
 
 class UserUpdate(BaseModel):
-    model_config = ConfigDict(json_schema_extra={"examples": [{"password": "n3w-s3cret"}]})
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"password": "n3w-s3cret", "current_password": "s3cret"}]}
+    )
 
     email: Email | MISSING = MISSING
     password: Password | MISSING = MISSING

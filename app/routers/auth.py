@@ -4,13 +4,13 @@ AUTH_ENABLED is on."""
 from typing import Annotated
 
 from dependency_injector.wiring import inject
-from fastapi import APIRouter, Form, Request, Response
+from fastapi import APIRouter, Form, Request
 from fastapi.security.utils import get_authorization_scheme_param
 
 from app.deps import Auth, CurrentUser, Public, Read
 from app.exceptions import NotAuthenticatedError
 from app.routers.users import Users
-from app.schemas import LoginForm, Token, UserRead
+from app.schemas import Deleted, LoginForm, Token, UserRead
 from app.web.errors import BODY_ERRORS, responses
 
 AUTH_ONLY = True
@@ -36,14 +36,14 @@ async def login(form: Annotated[LoginForm, Form()], request: Request, auth: Auth
     return Token(**pair._asdict())
 
 
-@router.post("/logout", status_code=204, response_class=Response, responses=responses(401))
+@router.post("/logout", responses=responses(401))
 @inject
-async def logout(me: CurrentUser, request: Request, auth: Auth) -> Response:
+async def logout(me: CurrentUser, request: Request, auth: Auth) -> Deleted:
     """End the caller's session: this access token and its refresh token stop working;
     other sessions of the user go on."""
     _, token = get_authorization_scheme_param(request.headers.get("Authorization"))
     await auth.logout(token)
-    return Response(status_code=204)
+    return Deleted()
 
 
 @router.get("/users/me", response_model=UserRead, responses=responses(401))
