@@ -392,3 +392,32 @@ def test_concurrent_upgrades_from_any_directory_run_the_migration_once(
     assert sum("Running upgrade" in output for output in outputs) == 1, outputs
     assert current_revision(engine) == HEAD
     assert list(tmp_path.iterdir()) == []
+
+
+def test_0004_refuses_e_mails_that_differ_only_in_case_naming_the_users_and_changes_nothing(
+    engine: Engine,
+) -> None:
+    migrations.upgrade("0003")
+    with engine.begin() as connection:
+        for email in ("Alice@example.com", "bob@example.com", "alice@example.com ", "BOB@x.io"):
+            connection.execute(
+                text("INSERT INTO users (email, hashed_password) VALUES (:e, 'h')"), {"e": email}
+            )
+    before = schema_of(engine)
+
+    with pytest.raises(CommandError, match=r"users 1, 3\. ") as refused:
+        migrations.upgrade()
+
+    assert "bob" not in str(refused.value).lower()  # ids, never the addresses
+    assert current_revision(engine) == "0003"
+    assert schema_of(engine) == before
+    with engine.begin() as connection:
+        connection.execute(text("DELETE FROM users WHERE id = 3"))
+    migrations.upgrade()
+    with engine.connect() as connection:
+        keys = connection.execute(text("SELECT email, email_key FROM users ORDER BY id")).all()
+    assert [tuple(k) for k in keys] == [
+        ("Alice@example.com", "alice@example.com"),
+        ("bob@example.com", "bob@example.com"),
+        ("BOB@x.io", "bob@x.io"),
+    ]
