@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth.authenticator import Authenticator
 from app.auth.credentials import Passwords, Tokens
+from app.auth.sessions import SessionStore
 from app.auth.throttle import LoginThrottle
 from app.config import settings
 from app.db.engines import build_async_engine, build_engine, build_replica_engines
@@ -73,8 +74,16 @@ class Container(containers.DeclarativeContainer):
     user_service = providers.Factory(UserService, passwords=passwords)
     item_service = providers.Factory(ItemService)
     login_throttle = providers.Factory(LoginThrottle.from_settings, settings)
+    session_store = providers.Factory(SessionStore, tokens.provided.refresh_lifetime)
     authenticator = providers.Factory(
-        Authenticator, reader, writer, user_service, passwords, tokens, throttle=login_throttle
+        Authenticator,
+        reader,
+        writer,
+        user_service,
+        passwords,
+        tokens,
+        throttle=login_throttle,
+        sessions=session_store,
     )
 
 

@@ -120,7 +120,14 @@ class Settings(BaseSettings):
     SECRET_KEY: SecretStr | None = Field(
         default=None, description="signs the access tokens (HS256); required with AUTH_ENABLED"
     )
-    ACCESS_TOKEN_EXPIRE_MINUTES: PositiveInt = 30
+    ACCESS_TOKEN_EXPIRE_MINUTES: PositiveInt = Field(
+        default=15, description="lifetime of an access token; a refresh token renews it"
+    )
+    REFRESH_TOKEN_EXPIRE_DAYS: PositiveInt = Field(
+        default=30,
+        description="a refresh token expires this long after it was issued; each refresh "
+        "issues a new one (a session unused this long ends)",
+    )
 
     # Hostile input and hostile clients (docs/security.md).
     MAX_BODY_BYTES: PositiveInt = Field(
@@ -161,6 +168,11 @@ class Settings(BaseSettings):
     METRICS_ENABLED: bool = Field(default=False, description="serve GET /metrics (Prometheus)")
     PORT: int = Field(
         default=8000, ge=1, le=65535, description="the port `app serve` listens on; --port"
+    )
+    METRICS_TOKEN: SecretStr | None = Field(
+        default=None,
+        description="/metrics then needs `Authorization: Bearer <METRICS_TOKEN>`; unset with "
+        "auth on: /metrics is not served",
     )
     TIMEOUT_GRACEFUL_SHUTDOWN: PositiveInt = Field(
         default=20, description="seconds the requests in flight get to finish after SIGTERM"

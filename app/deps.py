@@ -30,6 +30,7 @@ from containers import Container, container
 __all__ = [
     "REQUIRE_TOKEN",
     "AsyncProvide",
+    "Auth",
     "Caller",
     "CurrentUser",
     "IfMatch",
@@ -56,6 +57,7 @@ class AsyncProvide(Provide):  # type: ignore[misc,valid-type]
 
 Read = Annotated[Reader, Depends(AsyncProvide[Container.reader])]
 Write = Annotated[Writer, Depends(AsyncProvide[Container.writer])]
+Auth = Annotated[Authenticator, Depends(AsyncProvide[Container.authenticator])]
 
 
 class _BearerCaller(SecurityBase):

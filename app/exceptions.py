@@ -9,6 +9,7 @@ from sqlalchemy import exc
 __all__ = [
     "DATABASE_FAILURES",
     "RETRY_AFTER_SECONDS",
+    "CurrentPasswordError",
     "DatabaseBusyError",
     "EmailAlreadyRegisteredError",
     "InactiveUserError",
@@ -57,6 +58,11 @@ class NotAuthenticatedError(Exception):
 
 class IncorrectLoginError(Exception):
     """Wrong e-mail or password; deliberately the same error for both."""
+
+
+class CurrentPasswordError(Exception):
+    """A change of password or e-mail without the right ``current_password``; the message
+    says which, for the client."""
 
 
 class LoginThrottledError(Exception):

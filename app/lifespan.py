@@ -127,6 +127,7 @@ def _serving(runtime: Runtime, s: Settings, c: Container) -> Iterator[None]:
     metrics on, the container's engines feed ``db_connections_in_use``. Leave it after the
     engines are disposed: this process's live gauges are then dropped."""
     runtime.metrics_enabled = s.METRICS_ENABLED
+    runtime.metrics_token = s.METRICS_TOKEN
     if s.METRICS_ENABLED:
         metrics.forget_dead_processes()
         metrics.instrument_engine(c.engine(), "engine")

@@ -8,12 +8,14 @@ from fastapi_offline import FastAPIOffline
 from app import routers
 from app.lifespan import lifespan, replicas_configured
 from app.middleware.body_limit import BodyLimit
+from app.middleware.conditional import ConditionalGet
 from app.middleware.cors import add_cors
 from app.middleware.read_your_writes import ReadYourWrites
 from app.middleware.request_limit import RequestLimit
 from app.middleware.telemetry import Telemetry
 from app.runtime import Runtime
 from app.web.errors import install_error_handlers
+from app.web.openapi import declare_http_semantics
 from containers import container
 
 __all__ = ["app", "create_app"]
@@ -35,14 +37,17 @@ def create_app() -> FastAPI:
     install_error_handlers(app)
     if runtime.read_your_writes:
         app.add_middleware(ReadYourWrites)  # innermost: only the requests that get served
+    app.add_middleware(ConditionalGet)  # HEAD and If-None-Match for every GET route
     app.add_middleware(RequestLimit, runtime=runtime)
     app.add_middleware(BodyLimit, max_bytes=s.MAX_BODY_BYTES)
     add_cors(app, s.CORS_ORIGINS)  # outside both: refusals get CORS headers
     app.add_middleware(Telemetry, runtime=runtime)  # outermost: it sees, labels and logs all
     routers.mount(app, auth_enabled=auth_enabled)
-    if not auth_enabled:
-        generate = app.openapi
-        app.openapi = lambda: _without_auth(generate())  # type: ignore[method-assign]
+    generate = app.openapi
+    if auth_enabled:
+        app.openapi = lambda: declare_http_semantics(generate())  # type: ignore[method-assign]
+    else:
+        app.openapi = lambda: _without_auth(declare_http_semantics(generate()))  # type: ignore[method-assign]
     return app
 
 

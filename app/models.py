@@ -1,17 +1,25 @@
-"""ORM models: users and the items they own; the login throttle's counters."""
+"""ORM models: users and the items they own; login sessions and their refresh tokens; the
+login throttle's counters."""
 
 from typing import Any
 
 from sqlalchemy import ForeignKey, String
-from sqlalchemy.orm import Mapped, declared_attr, mapped_column, relationship
+from sqlalchemy.engine.default import DefaultExecutionContext
+from sqlalchemy.orm import Mapped, declared_attr, mapped_column, relationship, validates
 
 from app.base import Base
+from app.emails import canonical_email
 
-__all__ = ["Item", "LoginCounter", "Owned", "User"]
+__all__ = ["AuthSession", "Item", "LoginCounter", "Owned", "RefreshToken", "User"]
 
 # Ids are never reused (SQLite would hand a deleted row's id to the next insert): a token or
 # an ETag that names a deleted row must not come to name a new one.
 _NEVER_REUSE_IDS = {"sqlite_autoincrement": True}
+
+
+def _email_key(context: DefaultExecutionContext) -> str:
+    email: str = context.get_current_parameters()["email"]  # type: ignore[no-untyped-call]
+    return canonical_email(email)
 
 
 class Owned:
@@ -35,9 +43,18 @@ class User(Owned, Base):
     __table_args__ = _NEVER_REUSE_IDS
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    email: Mapped[str] = mapped_column(String(320), unique=True, index=True)
+    email: Mapped[str] = mapped_column(String(320))
+    """As the user typed it (trimmed; the domain lower-cased)."""
+    # sort_order: after the mixin's version, where migration 0004 added them.
+    email_key: Mapped[str] = mapped_column(
+        String(320), unique=True, default=_email_key, sort_order=1
+    )
+    """``canonical_email(email)``: one account per address, whatever its letter case."""
     hashed_password: Mapped[str] = mapped_column(String(255))
     is_active: Mapped[bool] = mapped_column(default=True, server_default="1")
+    credentials_version: Mapped[int] = mapped_column(server_default="1", sort_order=1)
+    """Carried in every access token; a password change or a deactivation bumps it, and
+    every token issued before stops working (checked on the row the token check loads)."""
 
     items: Mapped[list["Item"]] = relationship(
         back_populates="owner",
@@ -47,6 +64,11 @@ class User(Owned, Base):
         cascade="all, delete-orphan",
         passive_deletes=True,
     )
+
+    @validates("email")
+    def _keep_email_key(self, key: str, email: str) -> str:
+        self.email_key = canonical_email(email)
+        return email
 
     @property
     def owned_by(self) -> int:
@@ -79,3 +101,32 @@ class LoginCounter(Base):
     hits: Mapped[int]
     expires_at: Mapped[float] = mapped_column(index=True)
     """When the window ends, in seconds since the epoch."""
+
+
+class AuthSession(Base):
+    """One login: its refresh tokens form a family (rotation, reuse detection), and its
+    access tokens name it (``sid``). Deleting the row ends the session."""
+
+    __tablename__ = "auth_sessions"
+    __table_args__ = _NEVER_REUSE_IDS  # a logged-out session's id never names a new one
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[float]
+    """Seconds since the epoch."""
+
+
+class RefreshToken(Base):
+    """A refresh token of a session, by the SHA-256 of its value: the table never holds a
+    usable token. A used one stays, ``retired``, until it expires: presented again, it gives
+    the theft away and ends its session."""
+
+    __tablename__ = "refresh_tokens"
+
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    session_id: Mapped[int] = mapped_column(
+        ForeignKey("auth_sessions.id", ondelete="CASCADE"), index=True
+    )
+    expires_at: Mapped[float] = mapped_column(index=True)
+    """Seconds since the epoch."""
+    retired: Mapped[bool] = mapped_column(default=False, server_default="0")

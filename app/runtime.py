@@ -3,6 +3,8 @@ middleware (which get it at construction) and the routes (``runtime_of(request.a
 
 from dataclasses import dataclass
 
+from pydantic import SecretStr
+
 __all__ = ["Runtime", "runtime_of"]
 
 
@@ -17,6 +19,8 @@ class Runtime:
     """``MAX_CONCURRENT_REQUESTS`` from startup on; None (nothing shed) before."""
     metrics_enabled: bool = False
     """``METRICS_ENABLED`` from startup on."""
+    metrics_token: SecretStr | None = None
+    """``METRICS_TOKEN`` from startup on."""
     draining: bool = False
     """SIGTERM (or SIGINT) has reached the process: ``/health`` answers 503."""
 

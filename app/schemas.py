@@ -10,12 +10,14 @@ from typing import Annotated, Generic, Literal, NamedTuple, TypeVar
 from pydantic import (
     MISSING,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     EmailStr,
     Field,
     Secret,
     StrictBool,
     StringConstraints,
+    model_validator,
 )
 
 __all__ = [
@@ -36,10 +38,11 @@ T = TypeVar("T")
 
 
 class Versioned(NamedTuple, Generic[T]):
-    """A row as the API shows it, and its version (the ETag)."""
+    """A row as the API shows it, and its version (the ETag): the row's, or a composite one
+    where the representation holds other rows too (a user's items)."""
 
     value: T
-    version: int
+    version: int | str
 
 
 _NO_NUL = r"^[^\x00]*$"
@@ -48,7 +51,14 @@ Title = Annotated[
     str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200, pattern=_NO_NUL)
 ]
 Description = Annotated[str, Field(max_length=2000, pattern=_NO_NUL)]
-Email = Annotated[EmailStr, Field(max_length=320)]
+
+
+def _strip(value: object) -> object:
+    return value.strip() if isinstance(value, str) else value
+
+
+# Spaces around an address are no part of it (app.emails.canonical_email compares the rest).
+Email = Annotated[EmailStr, BeforeValidator(_strip), Field(max_length=320)]
 _WRITE_ONLY_PASSWORD = Field(json_schema_extra={"format": "password", "writeOnly": True})
 # The bounds apply to the string inside the Secret: their errors read as any string's do.
 Password = Annotated[
@@ -91,11 +101,17 @@ class UserCreate(BaseModel):
 
 
 class UserUpdate(BaseModel):
-    model_config = ConfigDict(json_schema_extra={"examples": [{"password": "n3w-s3cret"}]})
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"password": "n3w-s3cret", "current_password": "s3cret"}]}
+    )
 
     email: Email | MISSING = MISSING
     password: Password | MISSING = MISSING
     is_active: StrictBool | MISSING = MISSING  # JSON's true or false, as the schema says
+    current_password: Annotated[
+        Password | MISSING,
+        Field(description="with auth on, required to change the password or the e-mail"),
+    ] = MISSING
 
 
 class UserRead(BaseModel):
@@ -109,25 +125,40 @@ class UserRead(BaseModel):
 
 class LoginForm(BaseModel):
     """OAuth2's password grant (RFC 6749, section 4.3), form-encoded: ``username`` is the
-    e-mail. The fields Swagger UI's Authorize dialog sends are all accepted."""
+    e-mail; or its refresh grant (section 6): ``grant_type=refresh_token`` and the
+    ``refresh_token``. The fields Swagger UI's Authorize dialog sends are all accepted."""
 
     model_config = ConfigDict(
         json_schema_extra={"examples": [{"username": "alice@example.com", "password": "s3cret"}]}
     )
 
-    grant_type: Literal["password"] | None = None
-    username: Annotated[str, Field(pattern=_NO_NUL)]
-    password: Annotated[Secret[str], _WRITE_ONLY_PASSWORD]
+    grant_type: Literal["password", "refresh_token"] | None = None
+    username: Annotated[str | None, Field(pattern=_NO_NUL)] = None
+    password: Annotated[Secret[str] | None, _WRITE_ONLY_PASSWORD] = None
+    refresh_token: Annotated[Secret[str] | None, _WRITE_ONLY_PASSWORD] = None
     scope: str = ""
     client_id: str | None = None
-    client_secret: str | None = None
+    client_secret: Annotated[Secret[str] | None, _WRITE_ONLY_PASSWORD] = None
+
+    @model_validator(mode="after")
+    def _check_grant(self) -> "LoginForm":
+        if self.grant_type == "refresh_token":
+            if self.refresh_token is None:
+                raise ValueError("grant_type=refresh_token needs refresh_token")
+        elif self.username is None or self.password is None:
+            raise ValueError("the password grant needs username and password")
+        return self
 
 
 class Token(BaseModel):
-    """OAuth2's token response (RFC 6749, section 5.1)."""
+    """OAuth2's token response (RFC 6749, sections 5.1 and 6): a short-lived access token,
+    and a refresh token that renews it once (each use returns a new one)."""
 
     access_token: str
     token_type: Literal["bearer"] = "bearer"
+    refresh_token: str
+    expires_in: int
+    """Seconds the access token is valid for."""
 
 
 class Deleted(BaseModel):

@@ -56,7 +56,9 @@ def _item_rows(data: Dataset) -> Iterator[tuple[str, int]]:
 
 def _fill_sqlite(connection: sqlite3.Connection, data: Dataset) -> None:
     connection.executemany(
-        "INSERT INTO users (email, hashed_password) VALUES (?, '-')", _user_rows(data)
+        # The addresses are in canonical form already: their own email_key.
+        "INSERT INTO users (email, email_key, hashed_password) VALUES (?1, ?1, '-')",
+        _user_rows(data),
     )
     connection.executemany(
         "INSERT INTO items (title, description, owner_id) VALUES (?, 'seeded', ?)",
@@ -79,8 +81,8 @@ def _fill_postgres(connection: psycopg.Connection[Any], data: Dataset) -> None:
     with connection.cursor() as cursor:
         _copy(
             cursor,
-            "COPY users (email, hashed_password) FROM STDIN",
-            (f"{email}\t-\n" for (email,) in _user_rows(data)),
+            "COPY users (email, email_key, hashed_password) FROM STDIN",
+            (f"{email}\t{email}\t-\n" for (email,) in _user_rows(data)),
         )
         _copy(
             cursor,

@@ -48,12 +48,13 @@ def test_login_returns_a_signed_token_naming_the_user(auth_client: TestClient) -
     user = create_user(auth_client)
     status, body = login(auth_client, user["email"])
     assert status == 200
-    assert set(body) == {"access_token", "token_type"}
+    assert set(body) == {"access_token", "token_type", "refresh_token", "expires_in"}
     assert body["token_type"] == "bearer"
     claims = jwt.decode(body["access_token"], secret_of(auth_client), algorithms=[ALGORITHM])
     assert claims["sub"] == str(user["id"])
     lifetime = claims["exp"] - claims["iat"]
-    assert lifetime == 30 * 60
+    assert lifetime == 15 * 60
+    assert int(body["expires_in"]) == lifetime
     assert abs(claims["iat"] - time.time()) < 60
     me = auth_client.get("/users/me", headers={"Authorization": f"Bearer {body['access_token']}"})
     assert me.status_code == 200

@@ -94,6 +94,8 @@ def test_every_operation_answers_every_caller_as_its_policy_says(
                 body["email"] = unique_email("new")
             if body is not None and "username" in body:
                 body.update(username=owner_email, password=PASSWORD)
+            if body is not None and "current_password" in body:
+                body["current_password"] = PASSWORD
             before = row_counts()
             response = request.send(client, headers=headers_for(identity, owner, other, auth))
             want = expected_status(auth, policies[template, method], identity)

@@ -235,10 +235,10 @@ class TestBusyGate:
 @pytest.mark.parametrize(
     ("method", "path", "allow"),
     [
-        ("OPTIONS", "/users/1", "DELETE, GET, PATCH"),
-        ("PUT", "/users/", "GET, POST"),
-        ("POST", "/items/7", "DELETE, GET, PATCH"),
-        ("DELETE", "/health", "GET"),
+        ("OPTIONS", "/users/1", "DELETE, GET, HEAD, PATCH"),
+        ("PUT", "/users/", "GET, HEAD, POST"),
+        ("POST", "/items/7", "DELETE, GET, HEAD, PATCH"),
+        ("DELETE", "/health", "GET, HEAD"),
     ],
 )
 def test_a_405_lists_every_method_of_the_path(

@@ -106,7 +106,7 @@ def test_upgrade_head_builds_exactly_the_create_all_schema(engine: Engine) -> No
     assert current_revision(engine) == HEAD
     assert schema_of(engine) == created
     assert set(created) == TABLES
-    assert ("ix_users_email", ("email",), True) in created["users"]["indexes"]
+    assert ("uq_users_email_key", ("email_key",)) in created["users"]["unique_constraints"]
     assert [fk[1:4] for fk in created["items"]["foreign_keys"]] == [
         (("owner_id",), "users", ("id",))
     ]
@@ -129,7 +129,7 @@ def test_autogenerate_detects_a_schema_that_differs_from_the_models(engine: Engi
 def test_upgrade_downgrade_to_base_and_upgrade_again(engine: Engine) -> None:
     migrations.upgrade()
     with engine.begin() as connection:
-        connection.execute(text("INSERT INTO users (email, hashed_password) VALUES ('a@b.c', 'h')"))
+        connection.execute(text(INSERT_USER))
 
     command.downgrade(migrations.alembic_config(), "base")
     assert current_revision(engine) is None
@@ -276,6 +276,9 @@ def downgrade() -> None:
 """
 
 
+INSERT_USER = "INSERT INTO users (email, email_key, hashed_password) VALUES ('a@b.c', 'a@b.c', 'h')"
+
+
 def config_with_extra_revision(directory: Path, extra: str = "") -> Config:
     """The package's revisions plus one on top of head that recreates the users table."""
     (directory / "extra.py").write_text(EXTRA_REVISION.format(head=HEAD, extra=extra))
@@ -286,7 +289,7 @@ def config_with_extra_revision(directory: Path, extra: str = "") -> Config:
 
 def insert_user_with_item(engine: Engine) -> None:
     with engine.begin() as connection:
-        connection.execute(text("INSERT INTO users (email, hashed_password) VALUES ('a@b.c', 'h')"))
+        connection.execute(text(INSERT_USER))
         connection.execute(text("INSERT INTO items (title, owner_id) VALUES ('t', 1)"))
 
 
@@ -391,3 +394,32 @@ def test_concurrent_upgrades_from_any_directory_run_the_migration_once(
     assert sum("Running upgrade" in output for output in outputs) == 1, outputs
     assert current_revision(engine) == HEAD
     assert list(tmp_path.iterdir()) == []
+
+
+def test_0004_refuses_e_mails_that_differ_only_in_case_naming_the_users_and_changes_nothing(
+    engine: Engine,
+) -> None:
+    migrations.upgrade("0003")
+    with engine.begin() as connection:
+        for email in ("Alice@example.com", "bob@example.com", "alice@example.com ", "BOB@x.io"):
+            connection.execute(
+                text("INSERT INTO users (email, hashed_password) VALUES (:e, 'h')"), {"e": email}
+            )
+    before = schema_of(engine)
+
+    with pytest.raises(CommandError, match=r"users 1, 3\. ") as refused:
+        migrations.upgrade()
+
+    assert "bob" not in str(refused.value).lower()  # ids, never the addresses
+    assert current_revision(engine) == "0003"
+    assert schema_of(engine) == before
+    with engine.begin() as connection:
+        connection.execute(text("DELETE FROM users WHERE id = 3"))
+    migrations.upgrade()
+    with engine.connect() as connection:
+        keys = connection.execute(text("SELECT email, email_key FROM users ORDER BY id")).all()
+    assert [tuple(k) for k in keys] == [
+        ("Alice@example.com", "alice@example.com"),
+        ("bob@example.com", "bob@example.com"),
+        ("BOB@x.io", "bob@x.io"),
+    ]

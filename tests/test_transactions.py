@@ -181,7 +181,11 @@ def _insert_statement(session: Session) -> None:
 
 
 def _insert_sql(session: Session) -> None:
-    session.execute(text("INSERT INTO users (email, hashed_password) VALUES ('t@x.io', '-')"))
+    session.execute(
+        text(
+            "INSERT INTO users (email, email_key, hashed_password) VALUES ('t@x.io', 't@x.io', '-')"
+        )
+    )
 
 
 def _change(session: Session) -> None:

@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 
 from app.config import Settings
 from app.db.urls import backend
+from app.emails import canonical_email
 from app.models import LoginCounter
 
 __all__ = ["ADDRESS_WINDOW_SECONDS", "LoginThrottle"]
@@ -94,7 +95,8 @@ class LoginThrottle:
     def _key(self, kind: str, value: str) -> str:
         if self._secret is None:
             raise RuntimeError("SECRET_KEY is not set: the login throttle needs it")
-        # Case and spaces do not make another e-mail; the HMAC keeps the table free of them.
-        message = f"{kind}:{value.strip().lower()}".encode()
+        # The e-mail's one canonical form (an address's too: spaces and case mean nothing
+        # there either); the HMAC keeps the table free of them.
+        message = f"{kind}:{canonical_email(value)}".encode()
         secret = self._secret.get_secret_value().encode()
         return hmac.new(secret, message, hashlib.sha256).hexdigest()

@@ -3,10 +3,10 @@
 from typing import Annotated
 
 from dependency_injector.wiring import inject
-from fastapi import APIRouter, Depends, HTTPException, Response
+from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from pydantic import MISSING
 
-from app.deps import AsyncProvide, Caller, IfMatch, Owner, Public, Read, Write
+from app.deps import AsyncProvide, Auth, Caller, IfMatch, Owner, Public, Read, Write
 from app.routers.items import Items
 from app.routers.paging import AfterId, Id, Limit, Skip
 from app.schemas import Deleted, ItemCreate, ItemRead, UserCreate, UserRead, UserUpdate
@@ -59,19 +59,27 @@ async def read_user(
 @router.patch(
     "/{user_id}",
     response_model=UserRead,
-    responses=responses(*BODY_ERRORS, 401, 403, 404, 412),
+    responses=responses(*BODY_ERRORS, 401, 403, 404, 412, 429),
 )
 @inject
 async def update_user(
     user_id: Id,
     changes: UserUpdate,
     owner: Owner,
+    request: Request,
     response: Response,
     write: Write,
     users: Users,
+    auth: Auth,
     if_match: IfMatch = None,
 ) -> UserRead:
-    """Change the fields sent (e-mail, password, is_active); only the user themself."""
+    """Change the fields sent (e-mail, password, is_active); only the user themself, who
+    must send current_password to change the password or the e-mail (with auth on). A new
+    password or a deactivation ends every session of the user."""
+    credentials = changes.password is not MISSING or changes.email is not MISSING
+    if owner == user_id and credentials:  # someone else's row: 403 from the service
+        address = request.client.host if request.client else "unknown"
+        await auth.confirm_password(owner, changes.current_password, address)
     hashed = None
     if changes.password is not MISSING:
         hashed = await users.hash_password(changes.password)

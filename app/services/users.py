@@ -4,13 +4,14 @@ from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 from pydantic import MISSING, Secret
-from sqlalchemy import bindparam, insert, select
+from sqlalchemy import bindparam, delete, exists, func, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from app.auth.credentials import Passwords
+from app.auth.credentials import AccessClaims, Passwords
+from app.emails import canonical_email
 from app.exceptions import EmailAlreadyRegisteredError
-from app.models import Item, User
+from app.models import AuthSession, Item, User
 from app.schemas import ItemRead, UserCreate, UserRead, UserUpdate, Versioned
 from app.services.rows import FIRST, locked
 
@@ -21,8 +22,10 @@ class Credentials(NamedTuple):
     """What a login needs of a user."""
 
     id: int
+    email: str
     hashed_password: str
     is_active: bool
+    credentials_version: int
 
 
 # Reads run SQLAlchemy Core statements and build the response schemas from the rows: no
@@ -31,7 +34,14 @@ class Credentials(NamedTuple):
 # checks; every method returns schemas, never ORM objects, which stay in the transaction.
 _ITEM_OF_USER = (Item.id.label("item_id"), Item.title, Item.description, Item.owner_id)
 _USER_WITH_ITEMS = (
-    select(User.id, User.email, User.is_active, User.version, *_ITEM_OF_USER)
+    select(
+        User.id,
+        User.email,
+        User.is_active,
+        User.version,
+        *_ITEM_OF_USER,
+        Item.version.label("item_version"),
+    )
     .outerjoin(Item, Item.owner_id == User.id)
     .where(User.id == bindparam("user_id"))
     .order_by(Item.id)
@@ -49,10 +59,24 @@ _USERS_WITH_ITEMS = (
     .outerjoin(Item, Item.owner_id == _USER_PAGE.c.id)
     .order_by(_USER_PAGE.c.id, Item.id)
 )
-_CREDENTIALS = select(User.id, User.hashed_password, User.is_active).where(
-    User.email == bindparam("email")
+_CREDENTIALS = select(
+    User.id, User.email, User.hashed_password, User.is_active, User.credentials_version
 )
-_ACTIVE = select(User.id).where(User.id == bindparam("user_id"), User.is_active)
+_CREDENTIALS_BY_EMAIL = _CREDENTIALS.where(User.email_key == bindparam("email_key"))
+_CREDENTIALS_BY_ID = _CREDENTIALS.where(User.id == bindparam("user_id"))
+# The token check: one statement, on the primary key (and the session's), whatever ends a
+# session (a deletion, a deactivation, a password change, a logout) refuses the token.
+_ACTIVE = select(User.id).where(
+    User.id == bindparam("user_id"),
+    User.is_active,
+    User.credentials_version == bindparam("version"),
+)
+_ACTIVE_IN_SESSION = _ACTIVE.where(
+    exists().where(AuthSession.id == bindparam("session_id"), AuthSession.user_id == User.id)
+)
+_ITEMS_TAG = select(func.count(Item.id), func.max(Item.id), func.sum(Item.version)).where(
+    Item.owner_id == bindparam("user_id")
+)
 _ADD_USER = insert(User).returning(User.id)
 
 
@@ -62,7 +86,16 @@ class UserService:
 
     def get(self, session: Session, user_id: int) -> Versioned[UserRead] | None:
         rows = session.connection().execute(_USER_WITH_ITEMS, {"user_id": user_id}).all()
-        return Versioned(_users_of(rows)[0], rows[0].version) if rows else None
+        if not rows:
+            return None
+        items = [row for row in rows if row.item_id is not None]
+        tag = _tag(
+            rows[0].version,
+            len(items),
+            max((row.item_id for row in items), default=None),
+            sum(row.item_version for row in items),
+        )
+        return Versioned(_users_of(rows)[0], tag)
 
     def get_page(
         self, session: Session, *, skip: int, limit: int, after_id: int | None = None
@@ -72,12 +105,23 @@ class UserService:
         return _users_of(session.connection().execute(_USERS_WITH_ITEMS, page).all())
 
     def get_by_email(self, session: Session, email: str) -> Credentials | None:
-        row = session.connection().execute(_CREDENTIALS, {"email": email}).first()
+        """The user with this address, in any letter case, with or without spaces around."""
+        found = {"email_key": canonical_email(email)}
+        row = session.connection().execute(_CREDENTIALS_BY_EMAIL, found).first()
         return Credentials(*row) if row is not None else None
 
-    def get_active(self, session: Session, user_id: int) -> int | None:
-        """The user's id, when it exists and is active: whom a token may still speak for."""
-        found: int | None = session.connection().scalar(_ACTIVE, {"user_id": user_id})
+    def get_credentials(self, session: Session, user_id: int) -> Credentials | None:
+        row = session.connection().execute(_CREDENTIALS_BY_ID, {"user_id": user_id}).first()
+        return Credentials(*row) if row is not None else None
+
+    def get_active(self, session: Session, claims: AccessClaims) -> int | None:
+        """The user's id, when the token's claims still hold: the user exists, is active, has
+        the credentials version the token carries, and the token's session has not ended."""
+        statement = _ACTIVE if claims.session_id is None else _ACTIVE_IN_SESSION
+        values = {"user_id": claims.user_id, "version": claims.version}
+        if claims.session_id is not None:
+            values["session_id"] = claims.session_id
+        found: int | None = session.connection().scalar(statement, values)
         return found
 
     async def hash_password(self, password: Secret[str]) -> str:
@@ -85,7 +129,11 @@ class UserService:
         return await self._passwords.hash(password)
 
     def create(self, session: Session, user_in: UserCreate, hashed_password: str) -> UserRead:
-        values = {"email": user_in.email, "hashed_password": hashed_password}
+        values = {
+            "email": user_in.email,
+            "email_key": canonical_email(user_in.email),
+            "hashed_password": hashed_password,
+        }
         try:
             user_id = session.connection().scalar(_ADD_USER, values)
         except IntegrityError as exc:
@@ -102,16 +150,21 @@ class UserService:
         if_match: str | None,
         caller_id: int | None,
     ) -> Versioned[UserRead] | None:
-        """Apply the fields the client sent (the password already hashed)."""
-        user = locked(session, User, user_id, if_match, caller_id)
+        """Apply the fields the client sent (the password already hashed). A new password
+        or a deactivation ends every session of the user."""
+        user = locked(session, User, user_id, if_match, caller_id, tag=self._current_tag)
         if user is None:
             return None
         if changes.email is not MISSING:
-            user.email = changes.email
+            user.email = changes.email  # and its email_key (User._keep_email_key)
+        ends_sessions = hashed_password is not None or changes.is_active is False
         if changes.is_active is not MISSING:
             user.is_active = changes.is_active
         if hashed_password is not None:
             user.hashed_password = hashed_password
+        if ends_sessions:
+            user.credentials_version += 1
+            session.execute(delete(AuthSession).where(AuthSession.user_id == user_id))
         email = user.email  # after a failed flush the session can no longer load it
         try:
             session.flush()
@@ -123,7 +176,7 @@ class UserService:
         self, session: Session, user_id: int, *, if_match: str | None, caller_id: int | None
     ) -> bool:
         """Delete the user; the database deletes their items (ON DELETE CASCADE)."""
-        user = locked(session, User, user_id, if_match, caller_id)
+        user = locked(session, User, user_id, if_match, caller_id, tag=self._current_tag)
         if user is None:
             return False
         session.delete(user)
@@ -135,6 +188,18 @@ class UserService:
         user = session.get(User, user_id, with_for_update=True)
         if user is not None:
             user.hashed_password = hashed_password
+
+    def _current_tag(self, session: Session, user: User) -> str:
+        """The ETag of the user as ``get`` shows it, items included (for ``If-Match``)."""
+        count, last, versions = session.execute(_ITEMS_TAG, {"user_id": user.id}).one()
+        return _tag(user.version, count, last, versions or 0)
+
+
+def _tag(version: int, items: int, last_item: int | None, item_versions: int) -> str:
+    """A user's representation changes with its row or its items: an item added (the count
+    and the newest id), removed (the count) or changed (the versions' sum). Ids are never
+    reused and versions only grow, so no two representations share a tag."""
+    return str(version) if not items else f"{version}.{items}.{last_item}.{item_versions}"
 
 
 def _users_of(rows: Sequence[Any]) -> list[UserRead]:

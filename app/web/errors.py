@@ -5,16 +5,18 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute, iter_route_contexts
 from sqlalchemy import exc
 from sqlalchemy.orm.exc import StaleDataError
 from starlette.exceptions import HTTPException
+from starlette.routing import Match
 
 from app import request_context
 from app.exceptions import (
     DATABASE_FAILURES,
     RETRY_AFTER_SECONDS,
+    CurrentPasswordError,
     DatabaseBusyError,
     EmailAlreadyRegisteredError,
     InactiveUserError,
@@ -40,7 +42,7 @@ _BEARER = {"WWW-Authenticate": "Bearer"}
 _RESPONSES: dict[int, dict[str, Any]] = {
     400: {
         "description": "The body cannot be parsed, or the request conflicts with the rules "
-        "(e-mail taken, inactive user)"
+        "(e-mail taken, inactive user, current_password missing or wrong)"
     },
     401: {
         "description": "No valid bearer token (or, at /token, wrong e-mail or password)",
@@ -95,6 +97,10 @@ async def _throttled(request: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, LoginThrottledError)
     retry_after = {"Retry-After": str(error.retry_after)}
     return _detail("Too many login attempts, retry later", 429, retry_after)
+
+
+async def _current_password(request: Request, error: Exception) -> JSONResponse:
+    return _detail(str(error), 400)
 
 
 async def _inactive(request: Request, error: Exception) -> JSONResponse:
@@ -156,15 +162,37 @@ async def _invalid_request(request: Request, error: Exception) -> JSONResponse:
     return JSONResponse({"detail": redacted(error.errors(), secrets)}, status_code=422)
 
 
+async def _not_found(request: Request, error: Exception) -> Response:
+    """A route's own 404; or, where no route matched, Starlette's slash redirect made safe:
+    ``POST /users`` -> 307 to ``/users/``, a relative ``Location`` (Starlette builds an
+    absolute one from the ``Host`` header, which the client sent and nobody vouched for)."""
+    detail = error.detail if isinstance(error, HTTPException) else "Not Found"
+    if "endpoint" in request.scope:  # a route answered 404 itself
+        return _detail(detail, 404)
+    root = request.scope.get("root_path", "")
+    path = request.scope["path"].removeprefix(root)
+    other = path.removesuffix("/") if path.endswith("/") else f"{path}/"
+    if other and any(
+        route.matches({**request.scope, "path": other})[0] == Match.FULL
+        for route in request.app.router.routes
+    ):
+        query = request.scope.get("query_string", b"").decode("latin-1")
+        location = f"{root}{other}" + (f"?{query}" if query else "")
+        return Response(status_code=307, headers={"Location": location})
+    return _detail(detail, 404)
+
+
 async def _method_not_allowed(request: Request, error: Exception) -> JSONResponse:
     # Starlette's Allow names the methods of the first route on the path; RFC 9110 wants
-    # every method the resource supports.
+    # every method the resource supports (HEAD wherever GET: app.middleware.conditional).
     path = request.scope["path"].removeprefix(request.scope.get("root_path", ""))
     allowed: set[str] = set()
     for route in iter_route_contexts(request.app.routes):
         regex = getattr(route, "path_regex", None)
         if route.methods and regex is not None and regex.match(path):
             allowed |= route.methods
+    if "GET" in allowed:
+        allowed.add("HEAD")
     detail = error.detail if isinstance(error, HTTPException) else "Method Not Allowed"
     return _detail(detail, 405, {"Allow": ", ".join(sorted(allowed))})
 
@@ -189,6 +217,7 @@ def install_error_handlers(app: FastAPI) -> None:
         IncorrectLoginError: _incorrect_login,
         LoginThrottledError: _throttled,
         InactiveUserError: _inactive,
+        CurrentPasswordError: _current_password,
         PermissionDeniedError: _forbidden,
         PreconditionFailedError: _precondition_failed,
         StaleDataError: _precondition_failed,
@@ -201,4 +230,6 @@ def install_error_handlers(app: FastAPI) -> None:
     }
     for error, handler in handlers.items():
         app.add_exception_handler(error, handler)
+    app.add_exception_handler(404, _not_found)
     app.add_exception_handler(405, _method_not_allowed)
+    app.router.redirect_slashes = False  # _not_found redirects, with a relative Location

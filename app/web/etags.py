@@ -12,12 +12,12 @@ __all__ = ["check_if_match", "etag", "with_etag"]
 T = TypeVar("T")
 
 
-def etag(version: int) -> str:
+def etag(version: int | str) -> str:
     """The strong entity tag of a row at ``version``: ``"3"``."""
     return f'"{version}"'
 
 
-def check_if_match(if_match: str | None, version: int) -> None:
+def check_if_match(if_match: str | None, version: int | str) -> None:
     """Pass when there is no ``If-Match``, when it is ``*``, or when it lists the current
     tag; else ``PreconditionFailedError``. Comparison is strong: a weak tag (``W/"3"``)
     never matches."""

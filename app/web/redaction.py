@@ -57,7 +57,12 @@ def _redacted_error(error: Mapping[str, Any], secrets: frozenset[str]) -> dict[s
     if "input" in error:
         # A "missing" error's input is the object the field is missing from, not its value.
         on_secret = error.get("type") != "missing" and any(p in secrets for p in loc)
-        out["input"] = MASK if on_secret else _bounded(error["input"], secrets)
+        # A body that could not be read as an object (a form, text/plain sent where JSON is
+        # expected) comes back whole, as text: with a secret in it, somewhere.
+        raw_body = len(loc) <= 1 and isinstance(error["input"], str | bytes | bytearray)
+        out["input"] = (
+            MASK if on_secret or (secrets and raw_body) else _bounded(error["input"], secrets)
+        )
     if "ctx" in error:
         out["ctx"] = {
             _short(str(k)): _bounded(v if _is_json(v) else str(v), secrets)
