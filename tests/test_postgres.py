@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import ConnectionPoolEntry, QueuePool
 
 from app.config import Settings
-from app.database import AsyncSessionLocal, ensure_database_schema
+from app.database import AsyncSessionLocal, Base, ensure_database_schema
 from app.db.engines import build_async_engine, build_engine
 from app.main import app
 from app.models import Item, User
@@ -349,8 +349,7 @@ def test_concurrent_schema_creation_is_queued(engine: Engine) -> None:
             errors.append(error)
 
     for _ in range(5):
-        with engine.begin() as conn:
-            conn.execute(text("DROP TABLE IF EXISTS items, users"))
+        Base.metadata.drop_all(engine)
         threads = [threading.Thread(target=create) for _ in range(creators)]
         for t in threads:
             t.start()
