@@ -9,7 +9,7 @@ PYTEST := $(BIN)/coverage run -m pytest
 TIMED := (slow or serial)
 WITH_POSTGRES := $(BIN)/python scripts/with_postgres.py
 
-.PHONY: run test system-packages compile test-sqlite test-postgres test-pgbouncer coverage lint format \
+.PHONY: run setup test system-packages compile test-sqlite test-postgres test-pgbouncer coverage lint format \
 	bench clean image image-test
 
 $(BIN)/app: pyproject.toml
@@ -17,6 +17,8 @@ $(BIN)/app: pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e ".[dev]"
 	touch $@
+
+setup: system-packages $(BIN)/app  ## the virtualenv and the system packages the tests need
 
 run: $(BIN)/app  ## serve the API on http://127.0.0.1:8000 (SQLite by default)
 	$(BIN)/app serve

@@ -10,13 +10,12 @@ import sys
 from contextlib import ExitStack
 from pathlib import Path
 
-import pytest
 from sqlalchemy import create_engine, insert
 
 from app.database import Base
 from app.models import Item, User
 from app.testing.plugin import BACKEND, SERVER_URL
-from app.testing.postgres import missing_binaries
+from app.testing.postgres import PostgresServer, missing_binaries
 from app.testing.server import LiveServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -88,26 +87,33 @@ def _check_replicas_rows(rows: list[list[str]]) -> None:
         assert standby_b > 0, f"B's reads did not reach the standby: {row}"
 
 
+def _postgres_can_run() -> bool:
+    return not [name for name in missing_binaries() if name != "pgbouncer"]
+
+
 def _replicas_can_run() -> bool:
-    return shutil.which("wrk") is not None and not [
-        name for name in missing_binaries() if name != "pgbouncer"
-    ]
+    return shutil.which("wrk") is not None and _postgres_can_run()
 
 
-@pytest.mark.backend
 def test_quick_benchmark_prints_every_table_with_its_rows() -> None:
+    """One run for both backends (in the SQLite run of make test): PostgreSQL is the test
+    run's server, or a throwaway one where the binaries are installed."""
     env = {k: v for k, v in os.environ.items() if k != "BENCH_POSTGRES_URL"}
-    postgres = BACKEND == "postgresql"
-    if postgres:
-        env["BENCH_POSTGRES_URL"] = SERVER_URL
-    result = subprocess.run(
-        [sys.executable, "-m", "bench", "--quick"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
+    postgres = BACKEND == "postgresql" or _postgres_can_run()
+    with ExitStack() as stack:
+        if BACKEND == "postgresql":
+            env["BENCH_POSTGRES_URL"] = SERVER_URL
+        elif postgres:
+            server = stack.enter_context(PostgresServer.create(wal_level_replica=False))
+            env["BENCH_POSTGRES_URL"] = server.url()
+        result = subprocess.run(
+            [sys.executable, "-m", "bench", "--quick"],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
     assert result.returncode == 0, result.stdout + result.stderr
     tables = _tables(result.stdout)
 

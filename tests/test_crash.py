@@ -5,13 +5,10 @@ import os
 import signal
 from dataclasses import dataclass, field
 
-import pytest
 from sqlalchemy import Engine, text
 
 from app.testing.server import LiveServer
 from tests.load import Connection, ProtocolError
-
-pytestmark = pytest.mark.slow
 
 WORKERS = 2
 CLIENTS = 8

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine
 
+from app.testing.plugin import BACKEND
 from app.testing.server import LiveServer
 
 TESTS = Path(__file__).resolve().parent
@@ -40,7 +41,14 @@ def bearer_for_a_new_user(server: LiveServer) -> str:
         connection.close()
 
 
-@pytest.mark.parametrize("auth", [False, True], ids=["auth-off", "auth-on"])
+# On PostgreSQL only with auth on, which serves every operation of auth off and more: what
+# differs there is what the database makes of the data (lengths, integer ranges, NUL).
+AUTH_MODES = {"auth-off": False, "auth-on": True}
+if BACKEND == "postgresql":
+    del AUTH_MODES["auth-off"]
+
+
+@pytest.mark.parametrize("auth", list(AUTH_MODES.values()), ids=list(AUTH_MODES))
 def test_schemathesis_finds_nothing(
     database_url: str, schema: Engine, tmp_path: Path, auth: bool
 ) -> None:

@@ -18,7 +18,7 @@ from tests.load import Connection, LoadResult, Request, run_load
 
 pytestmark = [pytest.mark.slow, pytest.mark.pgbouncer]
 
-ROUND_SECONDS = 2.5
+ROUND_SECONDS = 1.5
 ROUNDS = 2  # alternate 16 and 128 connections; compare the best of each (others share the CPU)
 MAX_ROUNDS = 6  # a busy machine gets more rounds to show the best of each
 MIN_RATIO = 0.7

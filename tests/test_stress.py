@@ -15,7 +15,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.pgbouncer]
 
 WORKERS = 2
 CLIENTS = 32
-ITEMS_PER_CLIENT = 100
+ITEMS_PER_CLIENT = 50
 READ_EVERY = 10
 RACES = 6
 RACERS = 8
