@@ -108,7 +108,7 @@ def check_webhook_secret(secret: SecretStr | None) -> None:
     value = secret.get_secret_value() if secret is not None else ""
     how = (
         "python -c 'import base64, os; "
-        "print(\"whsec_\" + base64.b64encode(os.urandom(32)).decode())'"
+        'print("whsec_" + base64.b64encode(os.urandom(32)).decode())\''
     )
     if not value:
         raise ValueError(f"WEBHOOK_SECRET is required with WEBHOOK_URLS: make one with {how}")

@@ -25,6 +25,7 @@ __all__ = [
     "Action",
     "created",
     "deleted",
+    "event_id_bound",
     "event_name",
     "new_event_id",
     "publish",
@@ -100,3 +101,9 @@ def updated(session: Session, model: type, data: R) -> R:
 def deleted(session: Session, model: type, data: R) -> R:
     publish(session, model, "deleted", data)
     return data
+
+
+def event_id_bound(moment: float) -> str:
+    """The smallest event id made at ``moment``: every event made before sorts below it."""
+    value = int(moment * 1000) << 80
+    return "msg_" + "".join(_CROCKFORD[(value >> shift) & 31] for shift in range(125, -1, -5))
