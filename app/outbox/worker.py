@@ -17,7 +17,7 @@ import anyio.to_thread
 from sqlalchemy.exc import SQLAlchemyError
 
 from app.observability import metrics
-from app.outbox.handlers import Event, Registry
+from app.outbox.handlers import Event, Handler, Registry
 from app.outbox.store import Claimed, Outbox, backoff
 
 __all__ = ["Worker", "WorkerOptions"]
@@ -80,15 +80,19 @@ class Worker:
         done = set(claimed.done)
         errors: list[str] = []
         started = time.perf_counter()
-        for name, handler in self.registry.for_type(event.type):
-            if name in done:
-                continue
+
+        async def run(name: str, handler: Handler) -> None:
             try:
                 await handler(event)
             except Exception as failure:  # a handler's failure is the event's retry
                 errors.append(f"{name}: {failure}" if str(failure) else f"{name}: {failure!r}")
             else:
                 done.add(name)
+
+        async with anyio.create_task_group() as tasks:  # one slow destination delays no other
+            for name, handler in self.registry.for_type(event.type):
+                if name not in done:
+                    tasks.start_soon(run, name, handler)
         error = "; ".join(errors) or None
         o = self.options
         delay = backoff(claimed.attempts, o.backoff_base, o.backoff_max)
