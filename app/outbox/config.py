@@ -92,6 +92,8 @@ class OutboxSettings(BaseSettings):
 
     @model_validator(mode="after")
     def _check_outbox(self) -> "OutboxSettings":
+        if self.WEBHOOK_SECRET is not None and not self.WEBHOOK_SECRET.get_secret_value():
+            self.WEBHOOK_SECRET = None  # set but empty (WEBHOOK_SECRET= in a .env): unset
         if self.WEBHOOK_URLS or self.WEBHOOK_SECRET is not None:
             check_webhook_secret(self.WEBHOOK_SECRET)
         if self.OUTBOX_LEASE_SECONDS <= self.WEBHOOK_TIMEOUT_SECONDS:
