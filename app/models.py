@@ -160,7 +160,7 @@ class OutboxEvent(Base):
     created_at: Mapped[float]
     """Seconds since the epoch, as every time in this table."""
     due_at: Mapped[float | None] = mapped_column(index=True)
-    attempts: Mapped[int] = mapped_column(default=0, server_default="0")
+    attempts: Mapped[int] = mapped_column(server_default="0")
     claim: Mapped[str | None] = mapped_column(String(32))
     """The lease's token: only the worker holding it records the outcome."""
     done: Mapped[str | None] = mapped_column(Text)

@@ -10,11 +10,12 @@ unit of work that runs twice (group commit's retry) writes it once per committed
 import os
 import re
 import time
+import weakref
 from datetime import UTC, datetime
 from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel
-from sqlalchemy import insert
+from sqlalchemy import Dialect, bindparam, insert
 from sqlalchemy.orm import Session
 
 from app import request_context
@@ -38,7 +39,11 @@ OUTBOX_OFF = "app.outbox_off"
 """``Session.info`` key: when true, the session's changes write no events (OUTBOX_ENABLED)."""
 
 R = TypeVar("R", bound=BaseModel)
-_INSERT = insert(OutboxEvent)
+_COLUMNS = ("id", "type", "payload", "traceparent", "created_at", "due_at")
+_INSERT = insert(OutboxEvent).values({name: bindparam(name) for name in _COLUMNS})
+_COMPILED: "weakref.WeakKeyDictionary[Dialect, tuple[str, tuple[str, ...] | None]]" = (
+    weakref.WeakKeyDictionary()
+)
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 _CAMEL = re.compile(r"(?<!^)(?=[A-Z])")
 
@@ -84,7 +89,20 @@ def publish(session: Session, model: type, action: Action, data: BaseModel) -> N
         "created_at": now,
         "due_at": now,
     }
-    session.connection().execute(_INSERT, row)
+    connection = session.connection()
+    sql, names = _insert_for(connection.dialect)
+    # The driver's own statement: a third of the cost of a Core execute, on every write.
+    connection.exec_driver_sql(sql, tuple(row[n] for n in names) if names else row)
+
+
+def _insert_for(dialect: Dialect) -> tuple[str, tuple[str, ...] | None]:
+    """The INSERT compiled for ``dialect``, and the order of its parameters if positional."""
+    found = _COMPILED.get(dialect)
+    if found is None:
+        compiled = _INSERT.compile(dialect=dialect)
+        positions = tuple(compiled.positiontup or ()) if compiled.positional else None
+        found = _COMPILED[dialect] = (compiled.string, positions)
+    return found
 
 
 def created(session: Session, model: type, data: R) -> R:

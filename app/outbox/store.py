@@ -21,7 +21,7 @@ from sqlalchemy import Engine, delete, func, select, update
 from app.models import OutboxEvent
 from app.outbox.events import event_id_bound
 
-__all__ = ["Claimed", "Outbox", "Outcome", "Stats", "backoff"]
+__all__ = ["Attempt", "Claimed", "Outbox", "Outcome", "Stats", "backoff"]
 
 Outcome = Literal["delivered", "retried", "dead", "lost"]
 """``lost``: the lease had ended and another worker had claimed the event meanwhile."""
@@ -40,6 +40,18 @@ class Claimed:
     """Counting this one: a claim counts as an attempt (a worker killed mid-delivery too)."""
     done: frozenset[str]
     created_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """What delivering a claimed event came to."""
+
+    event: Claimed
+    done: set[str]
+    """The handlers that have succeeded, on this attempt or before."""
+    error: str | None
+    delay: float
+    """Seconds before the next attempt, if this one failed."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,32 +106,33 @@ class Outbox:
         return token, sorted(claimed, key=lambda c: c.id)
 
     def finish(
-        self,
-        token: str,
-        event: Claimed,
-        done: set[str],
-        error: str | None,
-        *,
-        max_attempts: int,
-        delay: float,
-    ) -> Outcome:
-        """Record an attempt: delivered (no ``error``), else retried in ``delay`` seconds or,
-        at ``max_attempts``, dead. Only while this worker's lease holds."""
+        self, token: str, attempts: Sequence[Attempt], *, max_attempts: int
+    ) -> list[Outcome]:
+        """Record a batch's attempts in one transaction: each delivered (no ``error``), else
+        retried after its ``delay`` or, at ``max_attempts``, dead; only where this worker's
+        lease still holds (``lost`` otherwise)."""
         now = time.time()
-        values: dict[str, object] = {"claim": None, "done": json.dumps(sorted(done))}
-        if error is None:
-            outcome: Outcome = "delivered"
-            values |= {"due_at": None, "delivered_at": now, "last_error": None}
-        elif event.attempts >= max_attempts:
-            outcome = "dead"
-            values |= {"due_at": None, "dead_at": now, "last_error": error[:500]}
-        else:
-            outcome = "retried"
-            values |= {"due_at": now + delay, "last_error": error[:500]}
-        statement = update(E).where(E.id == event.id, E.claim == token).values(**values)
+        outcomes: list[Outcome] = []
         with self.engine.begin() as connection:
-            found = connection.execute(statement).rowcount
-        return outcome if found else "lost"
+            for attempt in attempts:
+                event, error = attempt.event, attempt.error
+                values: dict[str, object] = {
+                    "claim": None,
+                    "done": json.dumps(sorted(attempt.done)),
+                }
+                if error is None:
+                    outcome: Outcome = "delivered"
+                    values |= {"due_at": None, "delivered_at": now, "last_error": None}
+                elif event.attempts >= max_attempts:
+                    outcome = "dead"
+                    values |= {"due_at": None, "dead_at": now, "last_error": error[:500]}
+                else:
+                    outcome = "retried"
+                    values |= {"due_at": now + attempt.delay, "last_error": error[:500]}
+                statement = update(E).where(E.id == event.id, E.claim == token).values(**values)
+                found = connection.execute(statement).rowcount
+                outcomes.append(outcome if found else "lost")
+        return outcomes
 
     def release(self, token: str, ids: Sequence[str]) -> None:
         """Hand back claimed events not attempted (the attempt is not counted)."""

@@ -1,10 +1,10 @@
 """``app worker``'s loop: claim due events, run their handlers, record each outcome.
 
 A batch of up to OUTBOX_BATCH_SIZE events is claimed under a lease (OUTBOX_LEASE_SECONDS) and
-delivered concurrently; each outcome is recorded as soon as the event's handlers are done
-(delivered, or retried after a backoff, or dead after OUTBOX_MAX_ATTEMPTS). A worker that
-dies loses nothing: its events come due again when the lease ends. On SIGTERM (or SIGINT) the
-worker claims nothing more, finishes the deliveries it started and returns.
+delivered concurrently; once every event of the batch is done, their outcomes are recorded in
+one transaction (delivered, or retried after a backoff, or dead after OUTBOX_MAX_ATTEMPTS).
+A worker that dies loses nothing: its events come due again when the lease ends. On SIGTERM
+(or SIGINT) the worker claims nothing more, finishes the deliveries it started and returns.
 """
 
 import logging
@@ -18,7 +18,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from app.observability import metrics
 from app.outbox.handlers import Event, Handler, Registry
-from app.outbox.store import Claimed, Outbox, backoff
+from app.outbox.store import Attempt, Claimed, Outbox, Outcome, backoff
 
 __all__ = ["Worker", "WorkerOptions"]
 
@@ -65,21 +65,33 @@ class Worker:
             tasks.cancel_scope.cancel()
 
     async def run_once(self) -> int:
-        """Claim one batch and deliver it; how many events it held."""
+        """Claim one batch, deliver it, record the outcomes (one transaction each); how many
+        events it held."""
         o = self.options
         token, events = await anyio.to_thread.run_sync(self.outbox.claim, o.batch_size, o.lease)
+        if not events:
+            return 0
+        attempts: list[Attempt] = []
+        started = time.perf_counter()
         async with anyio.create_task_group() as tasks:
             for event in events:
-                tasks.start_soon(self._deliver, token, event)
+                tasks.start_soon(self._attempt, event, attempts)
+        outcomes = await anyio.to_thread.run_sync(
+            lambda: self.outbox.finish(token, attempts, max_attempts=o.max_attempts)
+        )
+        took = round((time.perf_counter() - started) * 1000, 1)
+        for attempt, outcome in zip(attempts, outcomes, strict=True):
+            if outcome != "lost":
+                metrics.count_outbox(outcome)
+            _log(attempt, outcome, took)
         return len(events)
 
-    async def _deliver(self, token: str, claimed: Claimed) -> None:
+    async def _attempt(self, claimed: Claimed, attempts: list[Attempt]) -> None:
         event = Event(
             claimed.id, claimed.type, claimed.payload, claimed.attempts, claimed.created_at
         )
         done = set(claimed.done)
         errors: list[str] = []
-        started = time.perf_counter()
 
         async def run(name: str, handler: Handler) -> None:
             try:
@@ -93,33 +105,9 @@ class Worker:
             for name, handler in self.registry.for_type(event.type):
                 if name not in done:
                     tasks.start_soon(run, name, handler)
-        error = "; ".join(errors) or None
         o = self.options
         delay = backoff(claimed.attempts, o.backoff_base, o.backoff_max)
-        outcome = await anyio.to_thread.run_sync(
-            lambda: self.outbox.finish(
-                token, claimed, done, error, max_attempts=o.max_attempts, delay=delay
-            )
-        )
-        if outcome != "lost":
-            metrics.count_outbox(outcome)
-        log.log(
-            logging.WARNING if error else logging.INFO,
-            "outbox event %s %s attempt %d: %s",
-            event.id,
-            event.type,
-            event.attempt,
-            outcome,
-            extra={
-                "event_id": event.id,
-                "event_type": event.type,
-                "attempt": event.attempt,
-                "outcome": outcome,
-                "error": error,
-                "retry_in": round(delay, 3) if outcome == "retried" else None,
-                "duration_ms": round((time.perf_counter() - started) * 1000, 1),
-            },
-        )
+        attempts.append(Attempt(claimed, done, "; ".join(errors) or None, delay))
 
     async def _housekeeping(self) -> None:
         now = time.monotonic()
@@ -144,3 +132,24 @@ class Worker:
                 )
                 self.stopping.set()
                 return
+
+
+def _log(attempt: Attempt, outcome: Outcome, batch_ms: float) -> None:
+    event = attempt.event
+    log.log(
+        logging.WARNING if attempt.error else logging.INFO,
+        "outbox event %s %s attempt %d: %s",
+        event.id,
+        event.type,
+        event.attempts,
+        outcome,
+        extra={
+            "event_id": event.id,
+            "event_type": event.type,
+            "attempt": event.attempts,
+            "outcome": outcome,
+            "error": attempt.error,
+            "retry_in": round(attempt.delay, 3) if outcome == "retried" else None,
+            "batch_ms": batch_ms,
+        },
+    )
