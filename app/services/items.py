@@ -61,7 +61,8 @@ class ItemService:
         item_id = session.connection().scalar(_ADD_ITEM, values)
         if item_id is None:
             return None
-        return created(session, Item, ItemRead(id=item_id, owner_id=user_id, **item_in.model_dump()))
+        item = ItemRead(id=item_id, owner_id=user_id, **item_in.model_dump())
+        return created(session, Item, item)
 
     def update(
         self,
