@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -34,7 +35,7 @@ from app.outbox.store import Outbox, backoff
 from app.schemas import ItemCreate
 from app.services import ItemService
 from app.testing.plugin import VIA_PGBOUNCER, count_rows, requested_settings, settings_free_environ
-from app.testing.processes import HOST
+from app.testing.processes import HOST, free_port
 from app.units.gate import Gate
 from app.units.writer import Writer
 from containers import container
@@ -95,7 +96,8 @@ def test_rolled_back_writes_leave_no_event(client: TestClient) -> None:
     user = create_user(client, "bob@example.com")
     item = create_item(client, user["id"])
     before = count_rows(OutboxEvent)
-    assert client.post("/users/", json={"email": "bob@example.com", "password": "x"}).status_code
+    taken = {"email": "bob@example.com", "password": "x"}
+    assert client.post("/users/", json=taken).status_code == 400
     stale = {"If-Match": '"999"'}
     assert (
         client.patch(f"/items/{item['id']}", json={"title": "x"}, headers=stale).status_code == 412
@@ -347,11 +349,21 @@ def test_failures_retry_with_backoff_then_dead_per_destination_and_redrive(
     }
     with Receiver(behave).serving() as receiver:
         urls = [receiver.url(path) for path in behave]
+        port = free_port()
         worker = start_worker(
-            database_url, urls, log, OUTBOX_MAX_ATTEMPTS="3", WEBHOOK_TIMEOUT_SECONDS="0.3"
+            database_url,
+            urls,
+            log,
+            OUTBOX_MAX_ATTEMPTS="3",
+            WEBHOOK_TIMEOUT_SECONDS="0.3",
+            OUTBOX_METRICS_PORT=str(port),
         )
         try:
             wait_for(lambda: outbox.stats().dead == 1, what="the event parked as dead")
+            scraped = urllib.request.urlopen(f"http://{HOST}:{port}/metrics", timeout=5).read()
+            assert b'outbox_attempts_total{outcome="retried"} 2.0' in scraped
+            assert b'outbox_attempts_total{outcome="dead"} 1.0' in scraped
+            assert b"outbox_oldest_pending_age_seconds" in scraped
             assert receiver.ids("/ok") == [event_id]  # served once: never again on a retry
             assert receiver.ids("/flaky") == [event_id] * 3
             assert receiver.ids("/moved") == [event_id] * 3

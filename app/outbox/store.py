@@ -134,16 +134,6 @@ class Outbox:
                 outcomes.append(outcome if found else "lost")
         return outcomes
 
-    def release(self, token: str, ids: Sequence[str]) -> None:
-        """Hand back claimed events not attempted (the attempt is not counted)."""
-        statement = (
-            update(E)
-            .where(E.id.in_(ids), E.claim == token)
-            .values(due_at=time.time(), claim=None, attempts=E.attempts - 1)
-        )
-        with self.engine.begin() as connection:
-            connection.execute(statement)
-
     def prune(self, retention_seconds: float) -> int:
         """Delete the delivered events made more than ``retention_seconds`` ago (by id: ids
         sort by creation time), a batch per transaction."""
