@@ -31,7 +31,7 @@ from app.database import SessionLocal
 from app.main import create_app
 from app.models import OutboxEvent
 from app.outbox.events import event_name
-from app.outbox.store import Outbox, backoff
+from app.outbox.store import Attempt, Outbox, backoff
 from app.schemas import ItemCreate
 from app.services import ItemService
 from app.testing.plugin import VIA_PGBOUNCER, count_rows, requested_settings, settings_free_environ
@@ -185,6 +185,39 @@ def test_webhook_settings_are_checked_at_start_without_echoing_them(
     ok = requested_settings(WEBHOOK_URLS="https://h.example.com", WEBHOOK_SECRET=SECRET)
     assert isinstance(ok.WEBHOOK_SECRET, SecretStr)
     assert SECRET not in repr(ok)
+
+
+def test_the_table_s_life_claims_leases_outcomes_redrive_and_pruning(
+    client: TestClient, schema: Engine, capsys: pytest.CaptureFixture[str]
+) -> None:
+    make_changes(client, 3)
+    outbox = Outbox(schema)
+    token, claimed = outbox.claim(10, lease=60)
+    assert [c.attempts for c in claimed] == [1, 1, 1]
+    assert outbox.claim(10, lease=60)[1] == []  # leased: nobody else's to claim
+    first, second, third = claimed
+    attempts = [
+        Attempt(first, {"a"}, None, 0),
+        Attempt(second, {"a"}, "b: HTTP 500", 30),
+        Attempt(third, set(), "a: HTTP 500", 0),
+    ]
+    assert outbox.finish(token, attempts, max_attempts=1) == ["delivered", "dead", "dead"]
+    assert outbox.finish("not-the-lease", attempts[:1], max_attempts=1) == ["lost"]
+    assert outbox.stats().pending == 0
+    assert outbox.stats().dead == 2
+    assert main(["outbox", "stats"]) == 0
+    assert "pending 0" in capsys.readouterr().out
+    assert main(["outbox", "redrive"]) == 2  # neither ids nor --all
+    assert main(["outbox", "redrive", "--all"]) == 0
+    assert "2 dead events made due again" in capsys.readouterr().out
+    token, again = outbox.claim(10, lease=60)
+    assert [(c.id, c.attempts, c.done) for c in again] == [
+        (second.id, 1, frozenset({"a"})),  # what was served stays served
+        (third.id, 1, frozenset()),
+    ]
+    assert outbox.prune(retention_seconds=3600) == 0  # too recent
+    assert outbox.prune(retention_seconds=-1) == 1  # the delivered one, not the others
+    assert count_rows(OutboxEvent) == 2
 
 
 # Delivering them: a receiver on 127.0.0.1 and `app worker` processes
