@@ -51,7 +51,7 @@ class Worker:
     async def run(self) -> None:
         """Deliver until ``stopping`` is set (by SIGTERM or SIGINT, or by the caller)."""
         async with anyio.create_task_group() as tasks:
-            tasks.start_soon(self._stop_on_signals, tasks.cancel_scope)
+            tasks.start_soon(self._stop_on_signals)
             while not self.stopping.is_set():
                 try:
                     await self._housekeeping()
@@ -65,7 +65,7 @@ class Worker:
             tasks.cancel_scope.cancel()
 
     async def run_once(self) -> int:
-        """Claim one batch, deliver it, record the outcomes (one transaction each); how many
+        """Claim one batch, deliver it, record the outcomes (in one transaction); how many
         events it held."""
         o = self.options
         token, events = await anyio.to_thread.run_sync(self.outbox.claim, o.batch_size, o.lease)
@@ -123,7 +123,7 @@ class Worker:
             if pruned:
                 log.info("outbox: pruned %d delivered events", pruned)
 
-    async def _stop_on_signals(self, scope: anyio.CancelScope) -> None:
+    async def _stop_on_signals(self) -> None:
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async for signum in signals:
                 log.info(
