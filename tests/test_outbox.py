@@ -44,6 +44,9 @@ from tests.factories import create_item, create_user
 pytestmark = pytest.mark.pgbouncer
 
 SECRET = "whsec_" + base64.b64encode(os.urandom(32)).decode()
+TYPES = {
+    f"{name}.{action}" for name in ("user", "item") for action in ("created", "updated", "deleted")
+}
 TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 
 
@@ -334,9 +337,15 @@ def pending(outbox: Outbox) -> int:
 
 
 def make_changes(client: TestClient, n: int) -> set[str]:
+    """``n`` changes (a user, its items; from 5 on, an update and a delete among them); the
+    ids of every event in the table."""
     user = create_user(client, f"u{n}-{time.monotonic_ns()}@example.com")["id"]
-    for i in range(n - 1):
-        create_item(client, user, title=f"item {i}")
+    items = [
+        create_item(client, user, title=f"item {i}")["id"] for i in range(n - 1 - 2 * (n >= 5))
+    ]
+    if n >= 5:
+        assert client.patch(f"/items/{items[0]}", json={"title": "changed"}).status_code == 200
+        assert client.delete(f"/items/{items[1]}").status_code == 200
     return {event.id for event in events()}
 
 
@@ -353,9 +362,11 @@ def test_two_workers_deliver_every_event_exactly_once_signed_then_exit_0_on_sigt
         assert [stop(worker, log) for worker in workers] == [0, 0]
     ids = receiver.ids("/hook")
     assert sorted(ids) == sorted(expected)  # each exactly once, across the two workers
+    types = {json.loads(body)["type"] for _, _, _, body in receiver.requests}
+    assert types == {"user.created", "item.created", "item.updated", "item.deleted"}
     verifier = Webhook(SECRET)
     for _, _, headers, body in receiver.requests:
-        assert verifier.verify(body, headers)["type"] in {"user.created", "item.created"}
+        assert verifier.verify(body, headers)["type"] in TYPES
         assert headers["webhook-signature"].startswith("v1,")
     lines = [json.loads(line) for line in log.read_text().splitlines()]
     attempts = [line for line in lines if line.get("event_id")]
