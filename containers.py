@@ -18,6 +18,7 @@ from app.auth.throttle import LoginThrottle
 from app.config import settings
 from app.db.engines import build_async_engine, build_engine, build_replica_engines
 from app.db.session import AppSession
+from app.outbox.events import session_info
 from app.replicas.replica_set import build_replicas
 from app.services import ItemService, UserService
 from app.units.reader import Reader
@@ -35,7 +36,12 @@ class Container(containers.DeclarativeContainer):
     engine = providers.ThreadSafeSingleton(build_engine, settings)
     async_engine = providers.ThreadSafeSingleton(build_async_engine, settings)
 
-    session = providers.Factory(AppSession, bind=engine, expire_on_commit=False)
+    session = providers.Factory(
+        AppSession,
+        bind=engine,
+        expire_on_commit=False,
+        info=providers.Callable(session_info, settings.provided.OUTBOX_ENABLED),
+    )
     async_session = providers.Factory(
         AsyncSession, bind=async_engine, expire_on_commit=False, sync_session_class=AppSession
     )

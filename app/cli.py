@@ -1,4 +1,5 @@
-"""The ``app`` command: ``app serve``, ``app init-db``, ``app routes``, ``app db ...`` (Alembic)."""
+"""The ``app`` command: ``app serve``, ``app init-db``, ``app routes``, ``app db ...`` (Alembic),
+``app worker`` and ``app outbox ...`` (the outbox, docs/outbox.md)."""
 
 import argparse
 import logging
@@ -250,6 +251,9 @@ def _parser() -> argparse.ArgumentParser:
     routes.set_defaults(handler=_routes)
 
     _db_parser(commands)
+    from app.outbox.commands import add_commands
+
+    add_commands(commands)  # worker, outbox
     return parser
 
 

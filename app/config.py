@@ -15,13 +15,13 @@ from pydantic import (
 )
 from pydantic_settings import (
     BaseSettings,
-    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     YamlConfigSettingsSource,
 )
 
 from app.db import urls
+from app.outbox.config import CommaSeparated, OutboxSettings
 
 __all__ = ["Settings", "async_url", "check_secret_key", "settings"]
 
@@ -37,18 +37,7 @@ def _none(value: Any) -> Any:
     return None if isinstance(value, str) and value.strip().lower() in ("none", "null") else value
 
 
-def _comma_separated(value: Any) -> Any:
-    """``"https://a.example, https://b.example"`` -> the two; ``""`` -> none."""
-    if not isinstance(value, str):
-        return value
-    return [part.strip() for part in value.split(",") if part.strip()]
-
-
-CommaSeparated = Annotated[list[str], NoDecode, BeforeValidator(_comma_separated)]
-"""A list setting written as one comma-separated string (pydantic-settings would want JSON)."""
-
-
-class Settings(BaseSettings):
+class Settings(OutboxSettings, BaseSettings):
     """Every knob of the service; names are the environment variables that set them."""
 
     model_config = SettingsConfigDict(
@@ -268,6 +257,7 @@ def check_secret_key(key: SecretStr | None) -> None:
 
 
 _REPLICA_SCHEMES = ("postgresql", "postgresql+psycopg")
+
 _ORIGIN = re.compile(r"https?://[^/\s]+")
 
 

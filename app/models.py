@@ -1,16 +1,16 @@
 """ORM models: users and the items they own; login sessions and their refresh tokens; the
-login throttle's counters."""
+login throttle's counters; the outbox's events."""
 
 from typing import Any
 
-from sqlalchemy import ForeignKey, String
+from sqlalchemy import ForeignKey, Index, String, Text, text
 from sqlalchemy.engine.default import DefaultExecutionContext
 from sqlalchemy.orm import Mapped, declared_attr, mapped_column, relationship, validates
 
 from app.base import Base
 from app.emails import canonical_email
 
-__all__ = ["AuthSession", "Item", "LoginCounter", "Owned", "RefreshToken", "User"]
+__all__ = ["AuthSession", "Item", "LoginCounter", "OutboxEvent", "Owned", "RefreshToken", "User"]
 
 # Ids are never reused (SQLite would hand a deleted row's id to the next insert): a token or
 # an ETag that names a deleted row must not come to name a new one.
@@ -130,3 +130,42 @@ class RefreshToken(Base):
     expires_at: Mapped[float] = mapped_column(index=True)
     """Seconds since the epoch."""
     retired: Mapped[bool] = mapped_column(default=False, server_default="0")
+
+
+class OutboxEvent(Base):
+    """An event of the transactional outbox (``app.outbox``, docs/outbox.md): written in the
+    transaction of the change it reports, delivered at least once by ``app worker``.
+
+    ``due_at`` is when a worker may next claim it: its creation, the end of a worker's lease
+    while one delivers it, or the time of its next retry; None once it is delivered or dead.
+    """
+
+    __tablename__ = "outbox_events"
+    # Dead events, counted and listed: a partial index, which the inserts (never dead) skip.
+    __table_args__ = (
+        Index(
+            "ix_outbox_events_dead_at",
+            "dead_at",
+            sqlite_where=text("dead_at IS NOT NULL"),
+            postgresql_where=text("dead_at IS NOT NULL"),
+        ),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    """``msg_`` + a ULID: the ``webhook-id`` receivers deduplicate on."""
+    type: Mapped[str] = mapped_column(String(100))
+    payload: Mapped[str] = mapped_column(Text)
+    """The JSON body sent, exactly: ``{"type", "timestamp", "data"}``."""
+    traceparent: Mapped[str | None] = mapped_column(String(55))
+    created_at: Mapped[float]
+    """Seconds since the epoch, as every time in this table."""
+    due_at: Mapped[float | None] = mapped_column(index=True)
+    attempts: Mapped[int] = mapped_column(server_default="0")
+    claim: Mapped[str | None] = mapped_column(String(32))
+    """The lease's token: only the worker holding it records the outcome."""
+    done: Mapped[str | None] = mapped_column(Text)
+    """JSON list of the handlers (webhook destinations) that succeeded: a retry skips them."""
+    delivered_at: Mapped[float | None]
+    """Delivered ones are pruned by id (ids sort by creation time) after the retention."""
+    dead_at: Mapped[float | None]
+    last_error: Mapped[str | None] = mapped_column(String(500))

@@ -32,6 +32,9 @@ class RequestContext:
     wal_position: int | None = None
     """The primary's WAL position (an LSN) that this request's reads must see: the one the
     client brought, advanced by the writes it made (``app.middleware.read_your_writes``)."""
+    traceparent: str | None = None
+    """The W3C ``traceparent`` header the request came with, if valid: stored with the
+    outbox events the request writes (``app.outbox.events``)."""
 
     @property
     def total_gate_wait(self) -> float:
@@ -41,13 +44,13 @@ class RequestContext:
 _current: ContextVar[RequestContext | None] = ContextVar("app_request", default=None)
 
 
-def start(request_id: str) -> RequestContext:
+def start(request_id: str, traceparent: str | None = None) -> RequestContext:
     """A new context for the request being served in this task.
 
     It is never reset: uvicorn serves each request in a task of its own, and the handlers
     outside the middleware (the 500 handler, uvicorn's error log) still see it.
     """
-    context = RequestContext(request_id)
+    context = RequestContext(request_id, traceparent=traceparent)
     _current.set(context)
     return context
 

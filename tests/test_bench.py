@@ -170,6 +170,13 @@ def test_quick_benchmark_prints_every_table_with_its_rows() -> None:
         assert operations[0][-1] in ("yes", "NO")
         targets += 1
 
+        outbox = _table(tables, "9. The outbox")
+        assert [row[0] for row in outbox] == ["SQLite", "PostgreSQL"][: 2 if postgres else 1]
+        for row in outbox:
+            assert all(_number(cell) > 0 for cell in row[1].split(" / "))
+            assert all(_number(cell) > 0 for cell in row[5].split(" / "))
+            assert _number(row[6].split(" ")[0]) > 0, f"no delivery rate: {row}"
+
         if _replicas_can_run():
             _check_replicas_rows(_table(tables, "8. Read replica"))
         else:

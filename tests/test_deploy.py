@@ -31,6 +31,7 @@ OVERLAYS = sorted(path.name for path in (ROOT / "deploy/k8s/overlays").iterdir()
 KUBERNETES_VERSION = kubernetes_validate.latest_version()
 SETTINGS = set(Settings.model_fields)
 SECRET_SETTINGS = {"SECRET_KEY", "DATABASE_URL", "ASYNC_DATABASE_URL", "DATABASE_REPLICA_URLS"}
+SECRET_SETTINGS |= {"WEBHOOK_SECRET", "WEBHOOK_URLS"}  # a webhook URL may carry a token
 """Settings that may hold a password: never a literal value in a manifest."""
 
 Object = dict[str, Any]
@@ -145,7 +146,7 @@ def test_compose_follows_the_compose_specification() -> None:
 
 
 def test_compose_app_environment_names_settings_only() -> None:
-    assert set(app_services()) == {"app", "migrate"}
+    assert set(app_services()) == {"app", "migrate", "worker"}
     for name, service in app_services().items():
         assert set(service["environment"]) <= SETTINGS, name
 
@@ -177,6 +178,9 @@ def test_compose_migrates_before_the_app_starts() -> None:
     # Straight to the server: migrations do not go through the transaction pool.
     assert "@postgres:" in services["migrate"]["environment"]["DATABASE_URL"]
     assert "@pgbouncer:" in services["app"]["environment"]["DATABASE_URL"]
+    assert services["worker"]["command"] == ["worker"]
+    assert services["worker"]["depends_on"] == depends
+    assert "@pgbouncer:" in services["worker"]["environment"]["DATABASE_URL"]
 
 
 def check_pgbouncer(pgbouncer: dict[str, str], app_settings: dict[str, str]) -> None:

@@ -26,6 +26,8 @@ UNMATCHED = "<unmatched>"
 
 _HEADER = REQUEST_ID_HEADER.lower().encode()
 _VALID_ID = re.compile(rb"[A-Za-z0-9._-]{1,128}")
+_TRACEPARENT = b"traceparent"
+_VALID_TRACEPARENT = re.compile(rb"[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")
 access_log = logging.getLogger("app.access")
 
 
@@ -40,6 +42,14 @@ def _request_id(scope: Scope) -> str:
         if name == _HEADER and _VALID_ID.fullmatch(value):
             return bytes(value).decode()
     return uuid.uuid4().hex
+
+
+def _traceparent(scope: Scope) -> str | None:
+    """The W3C trace context the request came with (tracing itself is for later)."""
+    for name, value in scope["headers"]:
+        if name == _TRACEPARENT and _VALID_TRACEPARENT.fullmatch(value):
+            return bytes(value).decode()
+    return None
 
 
 class Telemetry:
@@ -58,7 +68,7 @@ class Telemetry:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        request = request_context.start(_request_id(scope))
+        request = request_context.start(_request_id(scope), _traceparent(scope))
         header = (_HEADER, request.request_id.encode())
         status = 500  # unless a response starts: Starlette then answers the exception with one
         measured = self.runtime.metrics_enabled

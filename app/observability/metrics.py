@@ -6,6 +6,7 @@ file unless PROMETHEUS_MULTIPROC_DIR is set, and then only in that directory. La
 bounded: route templates, never raw paths; a fixed set of methods.
 """
 
+import contextlib
 import glob
 import math
 import os
@@ -32,6 +33,7 @@ __all__ = [
     "CONTENT_TYPE",
     "MULTIPROC_DIR_ENV",
     "Unavailable",
+    "count_outbox",
     "count_read",
     "count_unavailable",
     "declare_engines",
@@ -39,8 +41,10 @@ __all__ = [
     "forget_dead_processes",
     "instrument_engine",
     "mark_process_dead",
+    "observe_outbox",
     "observe_replica",
     "observe_request",
+    "register_outbox",
     "request_started",
 ]
 
@@ -101,6 +105,28 @@ _REPLICA_LAG = Gauge(
     multiprocess_mode="livemax",
 )
 
+# The outbox's, registered by `app worker` only (register_outbox): the API's /metrics would
+# show them at 0 forever. The gauges are the table's figures, which every worker reads.
+OutboxOutcome = Literal["delivered", "retried", "dead"]
+_OUTBOX_ATTEMPTS = Counter(
+    "outbox_attempts_total",
+    "Outbox delivery attempts by outcome: delivered, retried (failed, tried again after a "
+    "backoff), dead (failed its last allowed attempt)",
+    ["outcome"],
+    registry=None,
+)
+_OUTBOX_PENDING = Gauge("outbox_events_pending", "Events not yet delivered nor dead", registry=None)
+_OUTBOX_OLDEST = Gauge(
+    "outbox_oldest_pending_age_seconds",
+    "Age of the oldest event not yet delivered nor dead (0: none)",
+    registry=None,
+)
+_OUTBOX_DEAD = Gauge(
+    "outbox_events_dead", "Events parked as dead (app outbox dead, redrive)", registry=None
+)
+for _outcome in get_args(OutboxOutcome):
+    _OUTBOX_ATTEMPTS.labels(_outcome)
+
 # Every cause and kind from the start, at 0: a series that appears only with its first
 # event makes rate() and alerts on it blind until then.
 for _cause in get_args(Unavailable):
@@ -147,6 +173,23 @@ def declare_engines(engines: Sequence[str]) -> None:
 def observe_replica(engine: str, *, up: bool, lag: float | None) -> None:
     _REPLICA_UP.labels(engine).set(1 if up else 0)
     _REPLICA_LAG.labels(engine).set(math.nan if lag is None else lag)
+
+
+def register_outbox() -> None:
+    """Add the outbox's metrics to the registry that /metrics (or the worker's port) serves."""
+    for collector in (_OUTBOX_ATTEMPTS, _OUTBOX_PENDING, _OUTBOX_OLDEST, _OUTBOX_DEAD):
+        with contextlib.suppress(ValueError):  # already registered
+            REGISTRY.register(collector)
+
+
+def count_outbox(outcome: OutboxOutcome) -> None:
+    _OUTBOX_ATTEMPTS.labels(outcome).inc()
+
+
+def observe_outbox(*, pending: int, oldest_age: float, dead: int) -> None:
+    _OUTBOX_PENDING.set(pending)
+    _OUTBOX_OLDEST.set(oldest_age)
+    _OUTBOX_DEAD.set(dead)
 
 
 def instrument_engine(engine: Engine, name: str) -> None:

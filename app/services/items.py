@@ -7,6 +7,7 @@ from sqlalchemy.orm import Session
 
 from app.exceptions import PermissionDeniedError
 from app.models import Item, User
+from app.outbox.events import created, deleted, updated
 from app.schemas import ItemCreate, ItemRead, ItemUpdate, Versioned
 from app.services.rows import FIRST, locked
 
@@ -60,7 +61,8 @@ class ItemService:
         item_id = session.connection().scalar(_ADD_ITEM, values)
         if item_id is None:
             return None
-        return ItemRead(id=item_id, owner_id=user_id, **item_in.model_dump())
+        item = ItemRead(id=item_id, owner_id=user_id, **item_in.model_dump())
+        return created(session, Item, item)
 
     def update(
         self,
@@ -78,7 +80,7 @@ class ItemService:
         for field, value in changes.model_dump(exclude_unset=True).items():
             setattr(item, field, value)
         session.flush()
-        return Versioned(ItemRead.model_validate(item), item.version)
+        return Versioned(updated(session, Item, ItemRead.model_validate(item)), item.version)
 
     def delete(
         self, session: Session, item_id: int, *, if_match: str | None, caller_id: int | None
@@ -86,8 +88,10 @@ class ItemService:
         item = locked(session, Item, item_id, if_match, caller_id)
         if item is None:
             return False
+        gone = ItemRead.model_validate(item)
         session.delete(item)
         session.flush()
+        deleted(session, Item, gone)
         return True
 
 

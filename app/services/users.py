@@ -12,6 +12,7 @@ from app.auth.credentials import AccessClaims, Passwords
 from app.emails import canonical_email
 from app.exceptions import EmailAlreadyRegisteredError
 from app.models import AuthSession, Item, User
+from app.outbox.events import created, deleted, updated
 from app.schemas import ItemRead, UserCreate, UserRead, UserUpdate, Versioned
 from app.services.rows import FIRST, locked
 
@@ -138,7 +139,9 @@ class UserService:
             user_id = session.connection().scalar(_ADD_USER, values)
         except IntegrityError as exc:
             raise EmailAlreadyRegisteredError(user_in.email) from exc
-        return UserRead(id=user_id, email=user_in.email, is_active=True, items=[])
+        return created(
+            session, User, UserRead(id=user_id, email=user_in.email, is_active=True, items=[])
+        )
 
     def update(
         self,
@@ -170,7 +173,10 @@ class UserService:
             session.flush()
         except IntegrityError as exc:
             raise EmailAlreadyRegisteredError(email) from exc
-        return self.get(session, user_id)
+        found = self.get(session, user_id)
+        if found is not None:
+            updated(session, User, found.value)
+        return found
 
     def delete(
         self, session: Session, user_id: int, *, if_match: str | None, caller_id: int | None
@@ -179,8 +185,11 @@ class UserService:
         user = locked(session, User, user_id, if_match, caller_id, tag=self._current_tag)
         if user is None:
             return False
+        gone = self.get(session, user_id)  # as the API showed it, items included
         session.delete(user)
         session.flush()
+        if gone is not None:
+            deleted(session, User, gone.value)
         return True
 
     def set_password_hash(self, session: Session, user_id: int, hashed_password: str) -> None:
