@@ -164,6 +164,10 @@ def test_quick_benchmark_prints_every_table_with_its_rows() -> None:
         assert operations[0][-1] in ("yes", "NO")
         targets += 1
 
+        keyed = _table(tables, "9. Idempotency-Key")
+        assert [row[0] for row in keyed] == ["SQLite", "PostgreSQL"][: 2 if postgres else 1]
+        assert all(_number(row[1]) > 0 and _number(row[2]) > 0 for row in keyed), keyed
+
         if _replicas_can_run():
             _check_replicas_rows(_table(tables, "8. Read replica"))
         else:

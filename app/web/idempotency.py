@@ -22,6 +22,7 @@ from app.web.etags import etag
 __all__ = [
     "HEADER",
     "KEYED_METHODS",
+    "PATTERN",
     "REPLAYED",
     "REUSED",
     "keyed_write",
@@ -44,22 +45,22 @@ REUSED = (
     "within its lifetime; send a new key for a new request"
 )
 # sf-string: printable ASCII, with " and \ escaped; a bare token: visible ASCII but " , ; \
-_QUOTED = re.compile(r'"((?:[\x20\x21\x23-\x5b\x5d-\x7e]|\\["\\])*)"')
+_QUOTED = r'"(?:[\x20\x21\x23-\x5b\x5d-\x7e]|\\["\\]){1,255}"'
+_BARE = r"[\x21\x23-\x2b\x2d-\x3a\x3c-\x5b\x5d-\x7e]{1,255}"
+PATTERN = f"^(?:{_BARE}|{_QUOTED})$"
+"""The syntax, as OpenAPI declares it (ECMA-262 and Python read it alike)."""
+_SYNTAX_RE = re.compile(PATTERN)
 _ESCAPE = re.compile(r'\\(["\\])')
-_BARE = re.compile(r"[\x21\x23-\x2b\x2d-\x3a\x3c-\x5b\x5d-\x7e]+")
-_MAX_LENGTH = 255
 
 
 def parse_key(values: list[str]) -> str:
     """The key of the request's ``Idempotency-Key`` header(s); a 422 if it is not one
     well-formed key."""
-    raw = values[0].strip(" \t") if len(values) == 1 else ""
-    quoted = _QUOTED.fullmatch(raw)
-    key = _ESCAPE.sub(r"\1", quoted[1]) if quoted else raw if _BARE.fullmatch(raw) else ""
-    if not 1 <= len(key) <= _MAX_LENGTH:
+    raw = values[0] if len(values) == 1 else ""
+    if not _SYNTAX_RE.fullmatch(raw):
         error = {"type": "idempotency_key", "loc": ("header", HEADER), "msg": _SYNTAX}
         raise RequestValidationError([{**error, "input": raw[:100]}])
-    return key
+    return _ESCAPE.sub(r"\1", raw[1:-1]) if raw.startswith('"') else raw
 
 
 def keyed_write(

@@ -4,6 +4,8 @@ headers the middleware adds, HEAD's and ``If-None-Match``'s part (``app.middlewa
 
 from typing import Any
 
+from app.web.idempotency import PATTERN
+
 __all__ = ["declare_http_semantics"]
 
 _REQUEST_ID = {
@@ -92,6 +94,6 @@ def _declare_key(method: str, operation: dict[str, Any], ttl_hours: float) -> bo
                 parameters.remove(parameter)
                 return False
             parameter["description"] = key_policy(ttl_hours)
-            parameter["schema"] = {"type": "string", "minLength": 1, "maxLength": 257}
+            parameter["schema"] = {"type": "string", "pattern": PATTERN}
             return True
     return False
