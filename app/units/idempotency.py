@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Concatenate, NamedTuple, Protocol, cast
 
 from pydantic import SecretStr
-from sqlalchemy import Connection, delete, select, text, update
+from sqlalchemy import Connection, bindparam, delete, select, text, update
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
@@ -54,6 +54,42 @@ _PG_TAKE_OVER = text(
     " RETURNING set_config('lock_timeout', NULL, true)"
 )
 _PG_BOUND_WAIT = text("SELECT set_config('lock_timeout', :wait, true)")
+# Statements built once (building and caching one per call costs more than running it).
+_KEY = IdempotencyKey
+_THIS_KEY = _KEY.key_hash == bindparam("this_key")
+_SQLITE_CLAIM = (
+    sqlite.insert(_KEY)  # VALUES from the parameters' names
+    .on_conflict_do_nothing(index_elements=[_KEY.key_hash])
+    .returning(_KEY.key_hash)
+)
+_SQLITE_TAKE_OVER = (
+    update(_KEY)
+    .where(_THIS_KEY, _KEY.expires_at <= bindparam("now"))
+    .values(
+        fingerprint=bindparam("new_fingerprint"),
+        expires_at=bindparam("new_expires_at"),
+        status_code=None,
+        body=None,
+        etag=None,
+    )
+)
+_FIND = select(_KEY.fingerprint, _KEY.status_code, _KEY.body, _KEY.etag).where(
+    _THIS_KEY, _KEY.expires_at > bindparam("now")
+)
+_STORE = (
+    update(_KEY)
+    .where(_THIS_KEY)
+    .values(status_code=bindparam("status"), body=bindparam("answer"), etag=bindparam("tag"))
+)
+_FORGET = delete(_KEY).where(_THIS_KEY)
+_EXPIRED = (
+    select(_KEY.key_hash)
+    .where(_KEY.expires_at <= bindparam("now"))
+    .order_by(_KEY.expires_at)
+    .limit(bindparam("limit"))
+)
+_SWEEP = delete(_KEY).where(_KEY.key_hash.in_(_EXPIRED))
+_PG_SWEEP = delete(_KEY).where(_KEY.key_hash.in_(_EXPIRED.with_for_update(skip_locked=True)))
 
 
 class WriteUnit(Protocol):
@@ -142,33 +178,25 @@ class IdempotencyKeys:
         kwargs: dict[str, Any],
     ) -> Any:
         """The unit of work for ``Writer``: ``fn``'s result, or the stored answer."""
-        stored = self._claim(session.connection(), request)
+        connection = session.connection()
+        stored = self._claim(connection, request)
         if stored is not None:
             return stored
         result = fn(session, *args, **kwargs)
         answer = request.render(result)
-        record = IdempotencyKey.key_hash == request.key_hash
         if answer is None:  # not an answer (the endpoint's 404): the key stays free
-            session.execute(delete(IdempotencyKey).where(record))
+            connection.execute(_FORGET, {"this_key": request.key_hash})
             return result
         body, etag = answer
-        values = {"status_code": request.status_code, "body": body, "etag": etag}
-        session.execute(update(IdempotencyKey).where(record).values(values))
+        values = {"this_key": request.key_hash, "status": request.status_code, "tag": etag}
+        connection.execute(_STORE, {**values, "answer": body})
         return result
 
     def sweep(self, connection: Connection, now: float | None = None) -> int:
         """Delete up to ``sweep_limit`` expired keys, oldest first; how many."""
-        expired = (
-            select(IdempotencyKey.key_hash)
-            .where(IdempotencyKey.expires_at <= (self._clock() if now is None else now))
-            .order_by(IdempotencyKey.expires_at)
-            .limit(self.sweep_limit)
-        )
-        if connection.dialect.name == "postgresql":
-            expired = expired.with_for_update(skip_locked=True)
-        return connection.execute(
-            delete(IdempotencyKey).where(IdempotencyKey.key_hash.in_(expired))
-        ).rowcount
+        sweep = _PG_SWEEP if connection.dialect.name == "postgresql" else _SWEEP
+        when = self._clock() if now is None else now
+        return connection.execute(sweep, {"now": when, "limit": self.sweep_limit}).rowcount
 
     def _claim(self, connection: Connection, request: KeyedRequest) -> _Stored | None:
         """None once this transaction holds the key; else what another one stored."""
@@ -185,13 +213,7 @@ class IdempotencyKeys:
             for _ in range(_ATTEMPTS):
                 if self._insert(connection, values, postgres):
                     return None
-                columns = (IdempotencyKey.fingerprint, IdempotencyKey.status_code)
-                row = connection.execute(
-                    select(*columns, IdempotencyKey.body, IdempotencyKey.etag).where(
-                        IdempotencyKey.key_hash == request.key_hash,
-                        IdempotencyKey.expires_at > now,
-                    )
-                ).first()
+                row = connection.execute(_FIND, {"this_key": request.key_hash, "now": now}).first()
                 if row is not None:
                     if row.status_code is None:  # not possible committed; defensive
                         raise IdempotencyKeyInProgressError
@@ -210,13 +232,7 @@ class IdempotencyKeys:
         if postgres:
             wait = {"wait": f"{self.lock_wait_ms}ms", **values}
             return connection.execute(_PG_CLAIM, wait).first() is not None
-        claim = (
-            sqlite.insert(IdempotencyKey)
-            .values(values)
-            .on_conflict_do_nothing(index_elements=[IdempotencyKey.key_hash])
-            .returning(IdempotencyKey.key_hash)
-        )
-        return connection.execute(claim).first() is not None
+        return connection.execute(_SQLITE_CLAIM, values).first() is not None
 
     def _take_over(
         self, connection: Connection, values: dict[str, Any], now: float, postgres: bool
@@ -225,18 +241,16 @@ class IdempotencyKeys:
         if postgres:
             connection.execute(_PG_BOUND_WAIT, {"wait": f"{self.lock_wait_ms}ms"})
             return connection.execute(_PG_TAKE_OVER, {**values, "now": now}).first() is not None
-        take_over = (
-            update(IdempotencyKey)
-            .where(IdempotencyKey.key_hash == values["key_hash"], IdempotencyKey.expires_at <= now)
-            .values(
-                fingerprint=values["fingerprint"],
-                expires_at=values["expires_at"],
-                status_code=None,
-                body=None,
-                etag=None,
-            )
+        taken = connection.execute(
+            _SQLITE_TAKE_OVER,
+            {
+                "this_key": values["key_hash"],
+                "now": now,
+                "new_fingerprint": values["fingerprint"],
+                "new_expires_at": values["expires_at"],
+            },
         )
-        return connection.execute(take_over).rowcount == 1
+        return taken.rowcount == 1
 
 
 class KeyedWrite:
