@@ -5,7 +5,7 @@ import asyncio
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from dependency_injector import providers
@@ -21,6 +21,7 @@ from app.schemas import ItemCreate, ItemRead
 from app.services import ItemService
 from app.testing.plugin import BACKEND, bearer, count_rows
 from app.testing.server import LiveServer
+from app.units.idempotency import IdempotencyKeys, KeyedRequest, KeyedWrite, WriteUnit
 from containers import container
 from tests.factories import create_item, create_user
 from tests.load import Connection, ProtocolError
@@ -345,3 +346,29 @@ def test_the_claims_lock_timeout_ends_with_the_claim(client: TestClient) -> None
     with container.item_service.override(providers.Factory(_LockTimeoutItems)):
         response = client.post(f"/users/{owner}/items/", json=PEN, headers=keyed())
     assert response.status_code == 200, response.text
+
+
+async def test_a_keyed_request_makes_one_write() -> None:
+    """The key and the answer live in one unit's transaction: a second write is a bug."""
+    keys = IdempotencyKeys(ttl_hours=1, lock_wait=1)
+    request = keys.keyed_request(
+        key="k",
+        caller=None,
+        method="POST",
+        route="/x",
+        target="/x",
+        body=b"",
+        status_code=200,
+        render=lambda result: (b"{}", None),
+    )
+
+    async def writer(fn: Any, /, *args: Any, **kwargs: Any) -> Any:
+        return "done"
+
+    async def prepare() -> KeyedRequest:
+        return request
+
+    write = KeyedWrite(cast(WriteUnit, writer), keys, prepare)
+    assert await write(lambda session: "work") == "done"
+    with pytest.raises(RuntimeError, match="in one write"):
+        await write(lambda session: "work")
