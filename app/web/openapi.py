@@ -47,7 +47,8 @@ def key_policy(ttl_hours: float) -> str:
         'sf-string ("...") or a bare token of 1-255 printable ASCII characters. A retry with '
         "the same key, caller, path and body gets the first answer again (status, body, ETag) "
         "with Idempotent-Replayed: true, and changes nothing; the same key with another "
-        "request is a 422; while the first is still running, a 409 with Retry-After. Only "
+        "request is a 422; while the first is still running, the retry waits for it up to "
+        "DB_QUEUE_TIMEOUT, then gets a 409 (a 503 on SQLite) with Retry-After. Only "
         "successful answers are stored: a request refused (4xx) leaves the key free. Keys "
         f"are scoped to the caller and the operation and kept {ttl_hours:g} hours "
         "(IDEMPOTENCY_KEY_TTL_HOURS). See docs/idempotency.md."
