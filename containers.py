@@ -21,6 +21,7 @@ from app.db.session import AppSession
 from app.outbox.events import session_info
 from app.replicas.replica_set import build_replicas
 from app.services import ItemService, UserService
+from app.units.idempotency import IdempotencyKeys
 from app.units.reader import Reader
 from app.units.sizing import build_gates, inline_read_budget, write_batch_size
 from app.units.writer import Writer
@@ -71,6 +72,14 @@ class Container(containers.DeclarativeContainer):
         session.provider,
         batch_size=providers.Callable(write_batch_size, settings, engine),
         wal_positions=providers.Callable(bool, replicas),
+    )
+
+    # Idempotency-Key: one per process, for the cadence of its sweep of expired keys.
+    idempotency_keys = providers.ThreadSafeSingleton(
+        IdempotencyKeys,
+        ttl_hours=settings.provided.IDEMPOTENCY_KEY_TTL_HOURS,
+        lock_wait=settings.provided.DB_QUEUE_TIMEOUT,
+        secret=settings.provided.SECRET_KEY,
     )
 
     password_hasher = providers.Singleton(PasswordHash.recommended)

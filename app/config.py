@@ -138,6 +138,11 @@ class Settings(OutboxSettings, BaseSettings):
     LOGIN_MAX_ATTEMPTS_PER_MINUTE: PositiveInt = Field(
         default=30, description="logins one client address may try per minute"
     )
+    IDEMPOTENCY_KEY_TTL_HOURS: PositiveFloat = Field(
+        default=24.0,
+        description="how long a POST or PATCH's Idempotency-Key and its stored response are "
+        "kept: a retry within this replays the response, after it the key is new again",
+    )
 
     @field_validator("CORS_ORIGINS")
     @classmethod

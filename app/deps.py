@@ -1,9 +1,11 @@
 """What endpoints share: the units of work, the access policies, ``If-Match``.
 
 An endpoint decorated with ``@inject`` takes ``read: Read`` or ``write: Write`` and gets the
-container's current object; an alias used by one router (``Users``, ``Items``) lives beside
-it, as ``Annotated[UserService, Depends(AsyncProvide[Container.user_service])]``. The lifespan
-wires every module of ``app.routers``.
+container's current object (``Write``: wrapped in a ``KeyedWrite`` when a POST or PATCH
+carries an ``Idempotency-Key``, docs/idempotency.md); an alias used by one router (``Users``,
+``Items``) lives beside it, as ``Annotated[UserService,
+Depends(AsyncProvide[Container.user_service])]``. The lifespan wires every module of
+``app.routers``.
 
 With AUTH_ENABLED on, a route says who may call it: ``openapi_extra=Public`` (anyone),
 ``caller: Caller`` (any valid token), ``owner: Owner`` (the row's owner; passed to the service
@@ -13,7 +15,7 @@ as ``caller_id``). A route that says nothing needs a valid token (``app.routers.
 from typing import Annotated, Any, Literal
 
 from dependency_injector.wiring import Provide
-from fastapi import Depends, Header
+from fastapi import Depends, Header, Request
 from fastapi.dependencies.models import Dependant
 from fastapi.openapi.models import OAuth2 as OAuth2Model
 from fastapi.openapi.models import OAuthFlowPassword, OAuthFlows
@@ -23,8 +25,9 @@ from starlette.requests import HTTPConnection
 
 from app.auth.authenticator import Authenticator
 from app.runtime import runtime_of
+from app.units.idempotency import WriteUnit
 from app.units.reader import Reader
-from app.units.writer import Writer
+from app.web.idempotency import HEADER, KEYED_METHODS, keyed_write
 from containers import Container, container
 
 __all__ = [
@@ -55,8 +58,33 @@ class AsyncProvide(Provide):  # type: ignore[misc,valid-type]
         return self
 
 
+_CALLER = "app.caller_id"
+"""Where ``_BearerCaller`` leaves the caller's id in the request's scope, for ``KeyedWrite``."""
+
+
+async def _write(
+    request: Request,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            alias=HEADER,
+            description="a key of the client's choosing, unique per operation (a UUID): "
+            "a retry with the same key gets the first answer again (docs/idempotency.md)",
+        ),
+    ] = None,
+) -> WriteUnit:
+    """The container's ``writer``; for a POST or PATCH with a key, wrapped so that the key and
+    the answer are stored in the transaction of the change."""
+    writer: WriteUnit = container.writer()
+    if idempotency_key is None or request.method not in KEYED_METHODS:
+        return writer
+    return keyed_write(
+        writer, container.idempotency_keys(), request, lambda: request.scope.get(_CALLER)
+    )
+
+
 Read = Annotated[Reader, Depends(AsyncProvide[Container.reader])]
-Write = Annotated[Writer, Depends(AsyncProvide[Container.writer])]
+Write = Annotated[WriteUnit, Depends(_write)]
 Auth = Annotated[Authenticator, Depends(AsyncProvide[Container.authenticator])]
 
 
@@ -78,7 +106,9 @@ class _BearerCaller(SecurityBase):
             return None
         auth: Authenticator = container.authenticator()
         scheme, token = get_authorization_scheme_param(request.headers.get("Authorization"))
-        return await auth.caller(token if scheme.lower() == "bearer" and token else None)
+        caller = await auth.caller(token if scheme.lower() == "bearer" and token else None)
+        request.scope[_CALLER] = caller
+        return caller
 
 
 _caller = _BearerCaller()

@@ -12,6 +12,9 @@ __all__ = [
     "CurrentPasswordError",
     "DatabaseBusyError",
     "EmailAlreadyRegisteredError",
+    "IdempotencyKeyInProgressError",
+    "IdempotencyKeyReusedError",
+    "IdempotentReplay",
     "InactiveUserError",
     "IncorrectLoginError",
     "LoginThrottledError",
@@ -92,3 +95,24 @@ class UnversionedDatabaseError(RuntimeError):
 
 class ShuttingDownError(Exception):
     """The process is draining after a SIGTERM: readiness fails while requests finish."""
+
+
+class IdempotentReplay(Exception):  # noqa: N818  (an answer, not an error)
+    """The request repeats one already answered under its ``Idempotency-Key``: send the
+    stored answer again (``app.web.errors`` adds ``Idempotent-Replayed: true``)."""
+
+    def __init__(self, status_code: int, body: bytes, etag: str | None) -> None:
+        super().__init__(f"replay of a stored {status_code} answer")
+        self.status_code = status_code
+        self.body = body
+        self.etag = etag
+
+
+class IdempotencyKeyInProgressError(Exception):
+    """A request with the same ``Idempotency-Key`` is still running (its transaction held the
+    key longer than DB_QUEUE_TIMEOUT): 409, retry later."""
+
+
+class IdempotencyKeyReusedError(Exception):
+    """The ``Idempotency-Key`` was used for a different request (method, path, body or
+    caller) within its lifetime: 422, nothing done."""

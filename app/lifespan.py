@@ -89,7 +89,7 @@ def reset_request_path(c: Container = container) -> None:
     """Build the singletons that requests share (the replica set, the gates and the units of
     work that queue at them) afresh at next use, from the current settings and engines: the
     app does this at startup, so it never serves with what a previous run built."""
-    for provider in (c.replicas, c.gates, c.reader, c.writer):
+    for provider in (c.replicas, c.gates, c.reader, c.writer, c.idempotency_keys):
         provider.reset()
 
 

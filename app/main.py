@@ -44,10 +44,13 @@ def create_app() -> FastAPI:
     app.add_middleware(Telemetry, runtime=runtime)  # outermost: it sees, labels and logs all
     routers.mount(app, auth_enabled=auth_enabled)
     generate = app.openapi
-    if auth_enabled:
-        app.openapi = lambda: declare_http_semantics(generate())  # type: ignore[method-assign]
-    else:
-        app.openapi = lambda: _without_auth(declare_http_semantics(generate()))  # type: ignore[method-assign]
+    ttl = s.IDEMPOTENCY_KEY_TTL_HOURS
+
+    def declared() -> dict[str, Any]:
+        schema = declare_http_semantics(generate(), idempotency_ttl_hours=ttl)
+        return schema if auth_enabled else _without_auth(schema)
+
+    app.openapi = declared  # type: ignore[method-assign]
     return app
 
 

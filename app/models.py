@@ -1,16 +1,26 @@
 """ORM models: users and the items they own; login sessions and their refresh tokens; the
-login throttle's counters; the outbox's events."""
+login throttle's counters; the responses stored under an ``Idempotency-Key``; the outbox's
+events."""
 
 from typing import Any
 
-from sqlalchemy import ForeignKey, Index, String, Text, text
+from sqlalchemy import ForeignKey, Index, LargeBinary, String, Text, text
 from sqlalchemy.engine.default import DefaultExecutionContext
 from sqlalchemy.orm import Mapped, declared_attr, mapped_column, relationship, validates
 
 from app.base import Base
 from app.emails import canonical_email
 
-__all__ = ["AuthSession", "Item", "LoginCounter", "OutboxEvent", "Owned", "RefreshToken", "User"]
+__all__ = [
+    "AuthSession",
+    "IdempotencyKey",
+    "Item",
+    "LoginCounter",
+    "OutboxEvent",
+    "Owned",
+    "RefreshToken",
+    "User",
+]
 
 # Ids are never reused (SQLite would hand a deleted row's id to the next insert): a token or
 # an ETag that names a deleted row must not come to name a new one.
@@ -169,3 +179,21 @@ class OutboxEvent(Base):
     """Delivered ones are pruned by id (ids sort by creation time) after the retention."""
     dead_at: Mapped[float | None]
     last_error: Mapped[str | None] = mapped_column(String(500))
+
+
+class IdempotencyKey(Base):
+    """A request's ``Idempotency-Key`` and the response it got (``app.units.idempotency``),
+    written in the transaction of the change itself. Keyed by the SHA-256 of the caller, the
+    route and the key: the table never holds the key as the client sent it."""
+
+    __tablename__ = "idempotency_keys"
+
+    key_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    """A digest of the request (method, path, caller, body): a reuse for another one is a 422."""
+    status_code: Mapped[int | None]
+    """None only inside the transaction that claimed the key (never seen committed)."""
+    body: Mapped[bytes | None] = mapped_column(LargeBinary)
+    etag: Mapped[str | None] = mapped_column(String(64))
+    expires_at: Mapped[float] = mapped_column(index=True)
+    """Seconds since the epoch; after it the key is free again (and the row is swept)."""

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from bench.floor import floor_table
 from bench.growth import GROWTH, TINY, growth_table
+from bench.idempotency import idempotency_table
 from bench.micro import provider_table, session_table
 from bench.operations import overhead_table
 from bench.outbox import outbox_table
@@ -71,6 +72,12 @@ def _parser() -> argparse.ArgumentParser:
         "delivery rate (on PostgreSQL too with BENCH_POSTGRES_URL)",
     )
     parser.add_argument(
+        "--idempotency-only",
+        action="store_true",
+        help="only section 10: POST items with a fresh Idempotency-Key per request against "
+        "without one, on SQLite (and PostgreSQL when BENCH_POSTGRES_URL is set)",
+    )
+    parser.add_argument(
         "--replicas-only",
         "--replicas",
         action="store_true",
@@ -121,6 +128,19 @@ def _outbox(
     )
 
 
+def _idempotency(
+    folder: Path, args: argparse.Namespace, seconds: int, rounds: int, warmup: int
+) -> Table:
+    return idempotency_table(
+        folder,
+        os.environ.get(POSTGRES_ENV, ""),
+        seconds=seconds,
+        rounds=rounds,
+        warmup=warmup,
+        connections=args.connections,
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     quick: bool = args.quick
@@ -133,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     has_wrk = shutil.which("wrk") is not None
     started = time.monotonic()
     print(f"## Benchmarks{' (quick smoke run)' if quick else ''}\n\n{machine()}\n", flush=True)
-    only = args.operations_only or args.replicas_only or args.outbox_only
+    only = args.operations_only or args.replicas_only or args.outbox_only or args.idempotency_only
     if not postgres_url and not only:
         print(f"{POSTGRES_MISSING}\n", flush=True)
     tables: list[Table] = []
@@ -151,6 +171,13 @@ def main(argv: list[str] | None = None) -> int:
                 print(WRK_MISSING)
                 return 1
             tables.append(_show(_outbox(folder, args, seconds, rounds, warmup)))
+            print(summary(tables))
+            return 0
+        if args.idempotency_only:
+            if not has_wrk:
+                print(WRK_MISSING)
+                return 1
+            tables.append(_show(_idempotency(folder, args, seconds, rounds, warmup)))
             print(summary(tables))
             return 0
         if args.replicas_only:
@@ -203,6 +230,7 @@ def main(argv: list[str] | None = None) -> int:
         if has_wrk:
             tables.append(_show(_operations(folder, args, seconds, rounds, warmup)))
             tables.append(_show(_outbox(folder, args, seconds, rounds, warmup)))
+            tables.append(_show(_idempotency(folder, args, seconds, rounds, warmup)))
             missing = replicas_missing()
             if missing:
                 print(f"{missing}\n", flush=True)

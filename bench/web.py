@@ -35,7 +35,9 @@ __all__ = [
     "ratio",
     "serve",
     "serve_app",
+    "settle",
     "sqlite_tables",
+    "times",
     "wrk",
     "wrk_timeout",
 ]
@@ -64,6 +66,8 @@ class Request:
     method: str
     path: str
     body: str = ""
+    keyed: bool = False
+    """Every request carries a fresh Idempotency-Key."""
 
     @property
     def writes(self) -> bool:
@@ -174,6 +178,7 @@ def wrk(
         "BENCH_IDS": str(ids),
         "BENCH_ORDER": order,
         "BENCH_BODY": request.body,
+        "BENCH_IDEMPOTENCY_KEY": "1" if request.keyed else "",
     }
     command = [
         "wrk",

@@ -177,6 +177,10 @@ def test_quick_benchmark_prints_every_table_with_its_rows() -> None:
             assert all(_number(cell) > 0 for cell in row[5].split(" / "))
             assert _number(row[6].split(" ")[0]) > 0, f"no delivery rate: {row}"
 
+        keyed = _table(tables, "10. Idempotency-Key")
+        assert [row[0] for row in keyed] == ["SQLite", "PostgreSQL"][: 2 if postgres else 1]
+        assert all(_number(row[1]) > 0 and _number(row[2]) > 0 for row in keyed), keyed
+
         if _replicas_can_run():
             _check_replicas_rows(_table(tables, "8. Read replica"))
         else:

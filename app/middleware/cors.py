@@ -9,10 +9,11 @@ __all__ = ["ALLOWED_HEADERS", "ALLOWED_METHODS", "EXPOSED_HEADERS", "add_cors"]
 
 ALLOWED_METHODS = ("GET", "POST", "PATCH", "DELETE")
 """The methods the API serves."""
-ALLOWED_HEADERS = ("Authorization", "Content-Type", "If-Match", "X-Wal-Position")
+ALLOWED_HEADERS = ("Authorization", "Content-Type", "Idempotency-Key", "If-Match", "X-Wal-Position")
 """The request headers it reads (besides the ones browsers always allow)."""
-EXPOSED_HEADERS = ("ETag", "Retry-After", "X-Request-ID", "X-Wal-Position")
-"""The response headers a page's script may read: the version for If-Match, when to retry,
+EXPOSED_HEADERS = ("ETag", "Idempotent-Replayed", "Retry-After", "X-Request-ID", "X-Wal-Position")
+"""The response headers a page's script may read: the version for If-Match, whether the answer
+is a stored one (Idempotency-Key), when to retry,
 the id that the access log shows, and the WAL position for read-your-writes with replicas
 (cross-origin requests carry no cookies, so such pages send it back in the header)."""
 

@@ -19,6 +19,9 @@ from app.exceptions import (
     CurrentPasswordError,
     DatabaseBusyError,
     EmailAlreadyRegisteredError,
+    IdempotencyKeyInProgressError,
+    IdempotencyKeyReusedError,
+    IdempotentReplay,
     InactiveUserError,
     IncorrectLoginError,
     LoginThrottledError,
@@ -30,6 +33,7 @@ from app.exceptions import (
 )
 from app.observability import metrics
 from app.schemas import HTTPError
+from app.web.idempotency import HEADER, REUSED, replay
 from app.web.redaction import redacted, secret_names
 
 __all__ = ["BODY_ERRORS", "install_error_handlers", "responses"]
@@ -124,6 +128,25 @@ async def _precondition_failed(request: Request, error: Exception) -> JSONRespon
 async def _conflict(request: Request, error: Exception) -> JSONResponse:
     log.info("integrity error on %s: %s", _endpoint(request), error)
     return _detail("Request conflicts with existing data", 409)
+
+
+async def _replay(request: Request, error: Exception) -> Response:
+    assert isinstance(error, IdempotentReplay)
+    return replay(error)
+
+
+async def _key_reused(request: Request, error: Exception) -> JSONResponse:
+    # FastAPI's 422 shape, which every operation declares already.
+    reused = {"type": "idempotency_key_reused", "loc": ["header", HEADER], "msg": REUSED}
+    return JSONResponse({"detail": [reused]}, status_code=422)
+
+
+async def _key_in_progress(request: Request, error: Exception) -> JSONResponse:
+    return _detail(
+        "A request with this Idempotency-Key is still being processed; retry later",
+        409,
+        {"Retry-After": RETRY_AFTER_SECONDS},
+    )
 
 
 async def _unavailable(request: Request, error: Exception) -> JSONResponse:
@@ -224,6 +247,9 @@ def install_error_handlers(app: FastAPI) -> None:
         WriteInReadError: _write_in_read,
         RequestValidationError: _invalid_request,
         ShuttingDownError: _shutting_down,
+        IdempotentReplay: _replay,
+        IdempotencyKeyReusedError: _key_reused,
+        IdempotencyKeyInProgressError: _key_in_progress,
         exc.IntegrityError: _conflict,
         **dict.fromkeys(_UNAVAILABLE, _unavailable),
         Exception: _internal,
