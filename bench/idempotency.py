@@ -1,4 +1,4 @@
-"""Section 9: what an Idempotency-Key costs on POST /users/{id}/items/, SQLite and PostgreSQL."""
+"""Section 10: what an Idempotency-Key costs on POST /users/{id}/items/, SQLite and PostgreSQL."""
 
 import dataclasses
 from contextlib import ExitStack
