@@ -1,5 +1,6 @@
 """What the code serving one request knows about it: its id, the time it waited at the gates,
-and the WAL position its reads must see (read-your-writes with replicas).
+the WAL position its reads must see (read-your-writes with replicas), and with tracing on
+its trace and span ids.
 
 The request middleware (``app.middleware.telemetry``) starts a ``RequestContext`` for every request;
 anything below it reads it through ``current()``, on the event loop and in the worker threads
@@ -32,6 +33,10 @@ class RequestContext:
     wal_position: int | None = None
     """The primary's WAL position (an LSN) that this request's reads must see: the one the
     client brought, advanced by the writes it made (``app.middleware.read_your_writes``)."""
+    trace_id: str | None = None
+    """With tracing on: the request's trace (32 hex digits) and its server span (16), for
+    the log lines made while serving it (``app.observability.tracing``)."""
+    span_id: str | None = None
 
     @property
     def total_gate_wait(self) -> float:
