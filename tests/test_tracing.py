@@ -19,7 +19,7 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
-from sqlalchemy import Engine, create_engine
+from sqlalchemy import Engine, create_engine, make_url
 
 from app.config import Settings
 from app.main import app, create_app
@@ -162,7 +162,7 @@ def test_writes_unmatched_routes_and_failures(
 
 
 def test_no_password_or_token_in_any_span(
-    exporter: InMemorySpanExporter, auth_client: TestClient
+    exporter: InMemorySpanExporter, auth_client: TestClient, database_url: str
 ) -> None:
     password = f"pw-{secrets.token_hex(8)}"
     signup = {"email": "secret@example.com", "password": password}
@@ -174,7 +174,8 @@ def test_no_password_or_token_in_any_span(
     spans = exporter.get_finished_spans()
     assert any(s.name == "POST /token" for s in spans)
     text = "\n".join(span.to_json() for span in spans)
-    for secret in (password, token, "$argon2", "secret@example.com"):
+    database_password = make_url(database_url).password or "no-password-on-sqlite"
+    for secret in (password, token, "$argon2", "secret@example.com", database_password):
         assert secret not in text
 
 
@@ -311,6 +312,7 @@ _WITHOUT_EXTRA = textwrap.dedent(
 
 def test_off_imports_no_sdk_and_no_tracing_code(tmp_path: Path) -> None:
     environ = settings_free_environ(DATABASE_URL=f"sqlite:///{tmp_path / 'app.db'}")
+    environ = {k: v for k, v in environ.items() if not k.startswith("OTEL_")}
     environ.pop("COVERAGE_PROCESS_CONFIG", None)
     result = subprocess.run(
         [sys.executable, "-c", _OFF],
@@ -410,3 +412,18 @@ def test_two_workers_export_one_trace_per_request(database_url: str, schema: Eng
     assert {(line.get("trace_id"), line.get("span_id")) for line in traced} == {
         (CALLER_TRACE, root.span_id)
     }
+
+
+def test_the_cost_benchmark_runs_traced(tmp_path: Path) -> None:
+    environ = {k: v for k, v in settings_free_environ().items() if not k.startswith("OTEL_")}
+    command = ["bench.request_cost", "--requests", "20", "--rounds", "2", "--traced"]
+    result = subprocess.run(
+        [sys.executable, "-m", *command],
+        env=environ,
+        cwd=Path(__file__).parents[1],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    assert result.stdout.startswith("traced: best "), result.stdout + result.stderr
