@@ -133,24 +133,30 @@ def test_a_request_continues_the_callers_trace_down_to_its_sql(
 def test_writes_unmatched_routes_and_failures(
     traced: TestClient, exporter: InMemorySpanExporter
 ) -> None:
-    create_user(traced)
+    user = create_user(traced)
     assert traced.get("/no/such/route").status_code == 404
     with container.user_service.override(providers.Object(ExplodingReads(RuntimeError("x")))):
         assert traced.get("/users/").status_code == 500
+    taken = traced.post("/users/", json={"email": user["email"], "password": "pw"})
+    assert taken.status_code == 400
     spans = exporter.get_finished_spans()
     servers = [s for s in spans if s.kind == SpanKind.SERVER]
-    assert [s.name for s in servers] == ["POST /users/", "GET", "GET /users/"]
+    assert [s.name for s in servers] == ["POST /users/", "GET", "GET /users/", "POST /users/"]
     assert [dict(s.attributes or {}).get("http.response.status_code") for s in servers] == [
         200,
         404,
         500,
+        400,
     ]
     assert "http.route" not in (servers[1].attributes or {})
     assert servers[1].status.status_code == StatusCode.UNSET  # a 404 is the client's
     assert servers[2].status.status_code == StatusCode.ERROR
     assert (servers[2].attributes or {})["error.type"] == "RuntimeError"  # what escaped
 
-    (write,) = named(spans, "db.write")
+    write, refused = named(spans, "db.write")
+    # The unit that found the e-mail taken says why, and is no failure of the server's.
+    assert (refused.attributes or {})["error.type"] == "app.exceptions.EmailAlreadyRegisteredError"
+    assert refused.status.status_code == StatusCode.UNSET
     assert hex_ids(write)[2] == hex_ids(servers[0])[1]
     assert (write.attributes or {})["app.db.engine"] == "primary"
     if BACKEND == "sqlite":  # group commit: how many writes shared the transaction

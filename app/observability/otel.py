@@ -30,8 +30,19 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExport
 from opentelemetry.trace import Link, Span, SpanKind, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from sqlalchemy import Engine
+from starlette.exceptions import HTTPException
 from starlette.types import Scope
 
+from app.exceptions import (
+    CurrentPasswordError,
+    EmailAlreadyRegisteredError,
+    InactiveUserError,
+    IncorrectLoginError,
+    LoginThrottledError,
+    NotAuthenticatedError,
+    PermissionDeniedError,
+    PreconditionFailedError,
+)
 from app.request_context import GateKind, RequestContext
 
 __all__ = ["SERVICE_NAME", "Tracing", "build_provider"]
@@ -66,6 +77,25 @@ def build_provider() -> TracerProvider:
             exporter = ConsoleSpanExporter()
         provider.add_span_processor(BatchSpanProcessor(exporter))
     return provider
+
+
+_CLIENT_ERRORS = (
+    CurrentPasswordError,
+    EmailAlreadyRegisteredError,
+    InactiveUserError,
+    IncorrectLoginError,
+    LoginThrottledError,
+    NotAuthenticatedError,
+    PermissionDeniedError,
+    PreconditionFailedError,
+)
+"""What units raise on purpose and ``app.web.errors`` answers with a 4xx."""
+
+
+def _answered_4xx(error: Exception) -> bool:
+    if isinstance(error, HTTPException):
+        return error.status_code < 500
+    return isinstance(error, _CLIENT_ERRORS)
 
 
 def _error_type(error: BaseException) -> str:
@@ -175,7 +205,8 @@ class Tracing:
                 yield
             except Exception as error:
                 span.set_attribute("error.type", _error_type(error))
-                span.set_status(StatusCode.ERROR)
+                if not _answered_4xx(error):  # a refusal is the client's, not a failure
+                    span.set_status(StatusCode.ERROR)
                 raise
 
     def gate_wait(self, kind: GateKind, seconds: float) -> None:
