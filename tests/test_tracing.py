@@ -129,6 +129,16 @@ def test_a_request_continues_the_callers_trace_down_to_its_sql(
         (CALLER_TRACE, hex_ids(server)[1])
     }
 
+    # A write runs in a worker thread: its records carry the trace too.
+    written = traced.post(f"/users/{user['id']}/items/", json={"title": "Pen"})
+    (write_server,) = [s for s in exporter.get_finished_spans() if s.name.startswith("POST")]
+    request_id = written.headers["x-request-id"]
+    mine = [r for r in caplog.records if getattr(r, "request_id", None) == request_id]
+    (access,) = [r for r in mine if r.name == "app.access"]
+    in_threads = [r for r in mine if r.thread != access.thread]
+    assert in_threads  # the INSERT's echo, from the unit's thread
+    assert {getattr(r, "trace_id", None) for r in mine} == {hex_ids(write_server)[0]}
+
 
 def test_writes_unmatched_routes_and_failures(
     traced: TestClient, exporter: InMemorySpanExporter
