@@ -19,7 +19,8 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
-from sqlalchemy import Engine, create_engine, make_url
+from sqlalchemy import Engine, create_engine, make_url, text
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.config import Settings
 from app.main import app, create_app
@@ -265,6 +266,21 @@ def test_a_stored_traceparent_links_later_work_to_its_request(
         request.context.span_id if request.context else 0,
     )
     assert unlinked.links == ()
+
+
+async def test_the_async_engine_is_traced_too(
+    exporter: InMemorySpanExporter, async_engine: AsyncEngine
+) -> None:
+    tracing.start([("primary", async_engine.sync_engine)])
+    try:
+        with tracing.linked_span("job", None):
+            async with async_engine.connect() as connection:
+                assert (await connection.execute(text("SELECT 1"))).scalar() == 1
+    finally:
+        tracing.shutdown()
+    sql, job = exporter.get_finished_spans()
+    assert statement(sql) == "SELECT 1"
+    assert hex_ids(sql)[2] == hex_ids(job)[1]
 
 
 @pytest.mark.parametrize(
