@@ -25,7 +25,13 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from app.config import settings as s
+    from app.observability import tracing
     from app.observability.logs import logging_config
+
+    problem = tracing.problem()
+    if problem is not None:  # before any worker starts: one line, no traceback
+        print(f"app: {problem}", file=sys.stderr)
+        return 2
 
     log_level = args.log_level or s.LOG_LEVEL
     access_log = _or(args.access_log, s.ACCESS_LOG)

@@ -1,6 +1,7 @@
 """An app's life in a serving process: wiring and sizing the request path from the container
 at startup, the schema, readiness that drains at SIGTERM, the metrics' bookkeeping, the
-replicas' monitor, and the engines' disposal at shutdown.
+replicas' monitor, traces (when the OTEL_* variables ask for them), and the engines'
+disposal at shutdown.
 
 uvicorn already stops accepting connections on SIGTERM (or SIGINT), closes the idle
 keep-alive ones, waits up to ``--timeout-graceful-shutdown`` for the requests in flight and
@@ -25,7 +26,7 @@ from fastapi import FastAPI
 from app import migrations, routers
 from app.config import Settings
 from app.database import ensure_database_schema
-from app.observability import metrics
+from app.observability import metrics, tracing
 from app.replicas.replica_set import ReplicaSet
 from app.runtime import Runtime, runtime_of
 from containers import Container, container
@@ -73,7 +74,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await anyio.to_thread.run_sync(ensure_database_schema)
     with _serving(runtime, s, container):
         try:
-            async with _monitoring(container.replicas()):
+            async with _tracing(container), _monitoring(container.replicas()):
                 yield
         finally:
             await dispose_engines(container)
@@ -141,6 +142,27 @@ def _serving(runtime: Runtime, s: Settings, c: Container) -> Iterator[None]:
     finally:
         if s.METRICS_ENABLED:
             metrics.mark_process_dead()
+
+
+@asynccontextmanager
+async def _tracing(c: Container) -> AsyncIterator[None]:
+    """With OTEL_TRACES_EXPORTER (docs/tracing.md): the SDK started in this process (each
+    worker of ``--workers N`` starts its own, after the fork), the SQL of every engine
+    traced; at shutdown, what is queued is exported. Off: nothing is imported."""
+    if not tracing.wanted():
+        yield
+        return
+    replicas: ReplicaSet | None = c.replicas()
+    engines = [
+        ("primary", c.engine()),
+        ("primary", c.async_engine().sync_engine),
+        *((r.name, r.engine) for r in (replicas.replicas if replicas is not None else ())),
+    ]
+    tracing.start(engines)
+    try:
+        yield
+    finally:
+        await anyio.to_thread.run_sync(tracing.shutdown)
 
 
 @asynccontextmanager

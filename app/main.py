@@ -3,6 +3,7 @@
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi.telemetry import TelemetryConfig
 from fastapi_offline import FastAPIOffline
 
 from app import routers
@@ -20,6 +21,14 @@ from containers import container
 
 __all__ = ["app", "create_app"]
 
+_NO_FASTAPI_TELEMETRY: TelemetryConfig = {
+    "tracing": False,
+    "metrics": False,
+    "logs": False,
+    "operation_spans": False,
+    "auto_configure": False,
+}
+
 
 def create_app() -> FastAPI:
     """The app for the container's current settings: ``AUTH_ENABLED`` decides its routes,
@@ -30,6 +39,9 @@ def create_app() -> FastAPI:
         title="Users and items",
         summary="FastAPI + SQLAlchemy 2, composed by a dependency-injector container",
         lifespan=lifespan,
+        # FastAPI's own OpenTelemetry spans would name the raw path and query and duplicate
+        # the server span: app.observability.tracing makes this app's (docs/tracing.md).
+        telemetry=_NO_FASTAPI_TELEMETRY,
     )
     runtime = app.state.runtime = Runtime(
         auth_enabled=auth_enabled, read_your_writes=replicas_configured(container)

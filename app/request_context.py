@@ -1,5 +1,6 @@
 """What the code serving one request knows about it: its id, the time it waited at the gates,
-and the WAL position its reads must see (read-your-writes with replicas).
+the WAL position its reads must see (read-your-writes with replicas), and with tracing on
+its trace and span ids.
 
 The request middleware (``app.middleware.telemetry``) starts a ``RequestContext`` for every request;
 anything below it reads it through ``current()``, on the event loop and in the worker threads
@@ -35,6 +36,10 @@ class RequestContext:
     traceparent: str | None = None
     """The W3C ``traceparent`` header the request came with, if valid: stored with the
     outbox events the request writes (``app.outbox.events``)."""
+    trace_id: str | None = None
+    """With tracing on: the request's trace (32 hex digits) and its server span (16), for
+    the log lines made while serving it (``app.observability.tracing``)."""
+    span_id: str | None = None
 
     @property
     def total_gate_wait(self) -> float:

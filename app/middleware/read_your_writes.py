@@ -12,6 +12,7 @@ import re
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import request_context
+from app.observability import tracing
 from app.replicas.positions import format_lsn, parse_lsn
 
 __all__ = ["COOKIE", "HEADER", "ReadYourWrites", "brought_position"]
@@ -53,6 +54,9 @@ class ReadYourWrites:
             await self.app(scope, receive, send)
             return
         brought = request.wal_position = brought_position(scope["headers"])
+        hooks = tracing.hooks
+        if hooks is not None:
+            hooks.brought_position(None if brought is None else format_lsn(brought))
         secure = b"; Secure" if scope.get("scheme") == "https" else b""
 
         async def send_position(message: Message) -> None:

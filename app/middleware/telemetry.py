@@ -4,7 +4,8 @@ Every request gets an id: the client's ``X-Request-ID`` when it is 1 to 128 char
 ``[A-Za-z0-9._-]``, a new one otherwise. It is echoed on the response, is ``request_id`` on
 every log record made while serving the request (worker threads included), and ends the
 request's one access-log line: method, route template, status, duration, time waited at the
-gates, client address.
+gates, client address. With tracing on (``app.observability.tracing``), the request is also
+a server span, current while it is served, named by its route template at the end.
 """
 
 import logging
@@ -15,7 +16,7 @@ import uuid
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import request_context
-from app.observability import metrics
+from app.observability import metrics, tracing
 from app.runtime import Runtime
 
 __all__ = ["REQUEST_ID_HEADER", "UNMATCHED", "Telemetry", "route_template"]
@@ -35,6 +36,10 @@ def route_template(scope: Scope) -> str:
     """``/users/{user_id}``: the matched route's path (routers carry their prefix)."""
     path = getattr(scope.get("route"), "path", None)
     return path if isinstance(path, str) else UNMATCHED
+
+
+def _traced_route(route: str) -> str | None:
+    return None if route == UNMATCHED else route
 
 
 def _request_id(scope: Scope) -> str:
@@ -74,6 +79,8 @@ class Telemetry:
         measured = self.runtime.metrics_enabled
         if measured:
             metrics.request_started()
+        hooks = tracing.hooks
+        span = None if hooks is None else hooks.request(scope, request)
 
         async def send_with_id(message: Message) -> None:
             nonlocal status
@@ -87,6 +94,10 @@ class Telemetry:
 
         try:
             await self.app(scope, receive, send_with_id)
+        except BaseException as error:
+            if span is not None:
+                span.failed(error)
+            raise
         finally:
             seconds = time.perf_counter() - started
             route = route_template(scope)
@@ -94,6 +105,8 @@ class Telemetry:
                 metrics.observe_request(scope["method"], route, status, seconds, request.gate_wait)
             if access_log.isEnabledFor(logging.INFO):
                 _log_access(scope, route, status, seconds, request)
+            if span is not None:
+                span.end(_traced_route(route), status)
 
 
 def _log_access(

@@ -1,1 +1,2 @@
-"""Logs and metrics: one line per record, Prometheus figures summed over every worker."""
+"""Logs, metrics and traces: one line per record, Prometheus figures summed over every worker,
+OpenTelemetry spans when the OTEL_* variables ask for them."""

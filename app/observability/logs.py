@@ -26,11 +26,20 @@ _RECORD_FIELDS = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict_
 
 class RequestIdFilter(logging.Filter):
     """Sets ``record.request_id``: the id of the request being served in the emitting thread
-    or task, ``-`` outside any request. On a handler, it sees every record the handler gets."""
+    or task, ``-`` outside any request; with tracing on, also ``trace_id`` and ``span_id``
+    (the request's server span), which JSON lines carry. On a handler, it sees every record
+    the handler gets."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if not hasattr(record, "request_id"):
-            record.request_id = request_context.request_id() or NO_REQUEST
+            request = request_context.current()
+            if request is None:
+                record.request_id = NO_REQUEST
+            else:
+                record.request_id = request.request_id
+                if request.trace_id is not None:
+                    record.trace_id = request.trace_id
+                    record.span_id = request.span_id
         return True
 
 
@@ -65,7 +74,7 @@ _JSON = json.JSONEncoder(default=str, ensure_ascii=False)
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: time, level, logger, pid (workers share the stream),
     message, request_id, and the record's ``extra`` fields (the access log's method, route,
-    status, ...)."""
+    status, ...; ``trace_id`` and ``span_id`` with tracing on)."""
 
     def format(self, record: logging.LogRecord) -> str:
         request_id = getattr(record, "request_id", NO_REQUEST)

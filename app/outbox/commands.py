@@ -37,7 +37,7 @@ def _worker(args: argparse.Namespace) -> int:
     import anyio
     from prometheus_client import start_http_server
 
-    from app.observability import metrics
+    from app.observability import metrics, tracing
     from app.observability.logs import logging_config
     from app.outbox.handlers import discover, registry
     from app.outbox.store import Outbox
@@ -45,6 +45,10 @@ def _worker(args: argparse.Namespace) -> int:
     from app.outbox.worker import Worker, WorkerOptions
     from containers import container
 
+    problem = tracing.problem()
+    if problem is not None:  # one line, as app serve says it
+        print(f"app worker: {problem}", file=sys.stderr)
+        return 2
     s = container.settings()
     logging.config.dictConfig(
         logging_config(level=s.LOG_LEVEL, log_format=s.LOG_FORMAT, access_log=False)
@@ -92,7 +96,12 @@ def _worker(args: argparse.Namespace) -> int:
             if webhooks is not None:
                 await webhooks.aclose()
 
-    anyio.run(main)
+    if tracing.wanted():  # each delivery a span, linked to the request that wrote the event
+        tracing.start([("primary", container.engine())])
+    try:
+        anyio.run(main)
+    finally:
+        tracing.shutdown()
     container.engine().dispose()
     log.info("outbox worker stopped")
     return 0

@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 
 from app import request_context
 from app.models import OutboxEvent
+from app.observability import tracing
 
 __all__ = [
     "OUTBOX_OFF",
@@ -80,12 +81,17 @@ def publish(session: Session, model: type, action: Action, data: BaseModel) -> N
     payload = (
         f'{{"type":"{event_type}","timestamp":"{stamp[:-6]}Z","data":{data.model_dump_json()}}}'
     )
-    context = request_context.current()
+    # Traced: the span writing it (the unit of work's), which the delivery links to;
+    # else the trace context the request came with, if any.
+    traceparent = tracing.current_traceparent()
+    if traceparent is None:
+        context = request_context.current()
+        traceparent = context.traceparent if context is not None else None
     row = {
         "id": new_event_id(now),
         "type": event_type,
         "payload": payload,
-        "traceparent": context.traceparent if context is not None else None,
+        "traceparent": traceparent,
         "created_at": now,
         "due_at": now,
     }

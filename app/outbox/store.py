@@ -27,7 +27,7 @@ Outcome = Literal["delivered", "retried", "dead", "lost"]
 """``lost``: the lease had ended and another worker had claimed the event meanwhile."""
 
 E = OutboxEvent
-_RETURNED = (E.id, E.type, E.payload, E.attempts, E.done, E.created_at)
+_RETURNED = (E.id, E.type, E.payload, E.attempts, E.done, E.created_at, E.traceparent)
 _PRUNE_BATCH = 1000
 
 
@@ -40,6 +40,8 @@ class Claimed:
     """Counting this one: a claim counts as an attempt (a worker killed mid-delivery too)."""
     done: frozenset[str]
     created_at: float
+    traceparent: str | None = None
+    """The span that wrote the event, when traced: its delivery links to it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +102,7 @@ class Outbox:
                 r.attempts,
                 frozenset(json.loads(r.done or "[]")),
                 r.created_at,
+                r.traceparent,
             )
             for r in rows
         ]

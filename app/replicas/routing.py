@@ -14,10 +14,11 @@ from sqlalchemy.orm import Session
 
 from app.db.session import AppSession
 from app.exceptions import DATABASE_FAILURES
+from app.observability import tracing
 from app.replicas.positions import insert_position, replayed_position
 from app.replicas.replica_set import PRIMARY, Replica, ReplicaSet
 
-__all__ = ["committed_position", "run_routed", "track_commit_position"]
+__all__ = ["ROUTE_REASONS", "committed_position", "run_routed", "track_commit_position"]
 
 T = TypeVar("T")
 Check = Callable[[Connection], None]
@@ -50,25 +51,54 @@ def run_routed(
     on until its next good check, and the work runs again on the next one, or on the
     primary: reads are idempotent. A read that names a table or column the replica does not
     have (a migration it has not replayed yet) runs again on the primary.
+
+    With tracing on, the read's span says which engine ran it and why (``ROUTE_REASONS``).
     """
+    hooks = tracing.hooks
+    reason = "no_replica_serves"
     for replica in replicas.candidates(position):
         wait_for = None if position is None or replica.reached(position) else position
         try:
             result = read_on(replica.sessions, _caught_up(replica, wait_for))
         except _NotReplayedError:
+            reason = "not_replayed"
             break  # the primary has it
         except DATABASE_FAILURES as error:
             replicas.failed(replica, error)
+            if hooks is not None:
+                hooks.replica_failed(replica.name, error)
             continue
         except exc.ProgrammingError as error:
             if (getattr(error.orig, "sqlstate", None) or "")[:2] != _PG_UNDEFINED:
                 raise
+            reason = "undefined_on_replica"
             break  # a migration it has not replayed yet, perhaps: the primary knows
         replicas.served(replica.name)
+        if hooks is not None:
+            hooks.routed(replica.name, _replica_reason(position, wait_for))
         return result
     result = on_primary(*args)
     replicas.served(PRIMARY)
+    if hooks is not None:
+        hooks.routed(PRIMARY, reason)
     return result
+
+
+ROUTE_REASONS = {
+    "no_position": "a replica: the request brought no WAL position to see",
+    "replayed": "a replica known to have replayed the request's WAL position",
+    "replayed_on_check": "a replica that said, inside the read, it had replayed it",
+    "not_replayed": "the primary: the replica had not replayed the request's WAL position",
+    "no_replica_serves": "the primary: no replica serves reads (down, lagging, or failed)",
+    "undefined_on_replica": "the primary: the replica lacks a table or column the read names",
+}
+"""Why a read ran where it ran, as ``app.db.route_reason`` on its span (docs/tracing.md)."""
+
+
+def _replica_reason(position: int | None, waited_for: int | None) -> str:
+    if position is None:
+        return "no_position"
+    return "replayed" if waited_for is None else "replayed_on_check"
 
 
 def _caught_up(replica: Replica, position: int | None) -> Check | None:

@@ -10,6 +10,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from app import request_context
+from app.observability import tracing
 from app.units.gate import Gate
 
 __all__ = ["P", "SessionFactory", "T", "Unit", "qualified_name", "sqlite_code", "sqlstate"]
@@ -36,6 +37,14 @@ class Unit(ABC):
     async def __call__(
         self, fn: Callable[Concatenate[Session, P], T], /, *args: P.args, **kwargs: P.kwargs
     ) -> T:
+        hooks = tracing.hooks
+        if hooks is None:
+            return await self._serve(fn, args, kwargs)
+        with hooks.unit(self.kind):  # a db.read / db.write span, current in its thread too
+            return await self._serve(fn, args, kwargs)
+
+    async def _serve(self, fn: Callable[..., T], args: Any, kwargs: Any) -> T:
+        """The unit: its gate, then its thread (subclasses route, batch, run inline)."""
         await self._acquire()
         try:
             return await anyio.to_thread.run_sync(self._run, fn, args, kwargs)
@@ -48,7 +57,11 @@ class Unit(ABC):
             await self.gate.acquire()
         finally:
             # Also when it gave up: the access log shows what a gate-timeout 503 waited.
-            request_context.add_gate_wait(self.kind, time.perf_counter() - arrived)
+            waited = time.perf_counter() - arrived
+            request_context.add_gate_wait(self.kind, waited)
+            hooks = tracing.hooks
+            if hooks is not None:
+                hooks.gate_wait(self.kind, waited)
 
     @abstractmethod
     def _run(self, fn: Callable[..., T], args: Any, kwargs: Any, budget: float = 0) -> T: ...

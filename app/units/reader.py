@@ -17,6 +17,7 @@ from app import request_context
 from app.db.session import READ_ONLY
 from app.db.sqlite import BEGIN_MODE, QUERY_ONLY
 from app.exceptions import WriteInReadError
+from app.observability import tracing
 from app.replicas.replica_set import ReplicaSet
 from app.replicas.routing import run_routed
 from app.units.base import P, SessionFactory, T, Unit, qualified_name, sqlite_code, sqlstate
@@ -83,9 +84,7 @@ class Reader(Unit):
         self.replicas = replicas
         self._slow_warned_at = -math.inf
 
-    async def __call__(
-        self, fn: Callable[Concatenate[Session, P], T], /, *args: P.args, **kwargs: P.kwargs
-    ) -> T:
+    async def _serve(self, fn: Callable[..., T], args: Any, kwargs: Any) -> T:
         if self.replicas is not None:
             position = request_context.wal_position()
             await self._acquire()
@@ -103,7 +102,7 @@ class Reader(Unit):
             finally:
                 self.gate.release()
         if self.inline_budget is None:
-            return await super().__call__(fn, *args, **kwargs)
+            return await super()._serve(fn, args, kwargs)
         await self._acquire()
         started = time.perf_counter()
         try:
@@ -132,7 +131,11 @@ class Reader(Unit):
         self, fn: Callable[Concatenate[Session, P], T], /, *args: P.args, **kwargs: P.kwargs
     ) -> T:
         """``fn(session, *args)`` in a read-only transaction on the primary, replicas or not."""
-        return await super().__call__(fn, *args, **kwargs)
+        hooks = tracing.hooks
+        if hooks is None:
+            return await Unit._serve(self, fn, args, kwargs)
+        with hooks.unit(self.kind):
+            return await Unit._serve(self, fn, args, kwargs)
 
     def _run(self, fn: Callable[..., T], args: Any, kwargs: Any, budget: float = 0) -> T:
         return self._read(self.sessions, fn, args, kwargs, budget)

@@ -6,16 +6,16 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Concatenate
+from typing import Any
 
 import anyio
 import anyio.to_thread
-from sqlalchemy.orm import Session
 
 from app import request_context
 from app.exceptions import DatabaseBusyError
+from app.observability import tracing
 from app.replicas.routing import committed_position, track_commit_position
-from app.units.base import P, SessionFactory, T, Unit
+from app.units.base import SessionFactory, T, Unit
 from app.units.gate import Gate
 
 __all__ = ["Writer"]
@@ -30,6 +30,7 @@ class _Job:
     kwargs: Any
     queued_at: float
     started_at: float | None = None
+    batch_size: int = 0
     outcome: tuple[bool, Any] | None = None  # (succeeded, value or exception)
 
 
@@ -70,9 +71,7 @@ class Writer(Unit):
         self._leading = False
         self._batch_done: anyio.Event | None = None
 
-    async def __call__(
-        self, fn: Callable[Concatenate[Session, P], T], /, *args: P.args, **kwargs: P.kwargs
-    ) -> T:
+    async def _serve(self, fn: Callable[..., T], args: Any, kwargs: Any) -> T:
         if self.wal_positions:
             await self._acquire()
             try:
@@ -84,7 +83,7 @@ class Writer(Unit):
             request_context.advance_wal_position(position)
             return written
         if self.batch_size == 1:
-            return await super().__call__(fn, *args, **kwargs)
+            return await super()._serve(fn, args, kwargs)
         job = _Job(fn, args, kwargs, queued_at=time.perf_counter())
         self._queue.append(job)
         deadline = time.monotonic() + self.gate.timeout
@@ -106,6 +105,11 @@ class Writer(Unit):
                 self._queue.remove(job)
             waited = (job.started_at or time.perf_counter()) - job.queued_at
             request_context.add_gate_wait(self.kind, waited)  # in this request's own context
+            hooks = tracing.hooks
+            if hooks is not None:
+                hooks.gate_wait(self.kind, waited)
+                if job.batch_size:
+                    hooks.batch(job.batch_size)  # the SQL spans are under the leader's unit
         succeeded, value = job.outcome
         if not succeeded:
             raise value
@@ -123,6 +127,7 @@ class Writer(Unit):
                 started = time.perf_counter()
                 for job in batch:
                     job.started_at = started
+                    job.batch_size = size
                 outcomes = await anyio.to_thread.run_sync(self._run_batch, batch)
                 for job, outcome in zip(batch, outcomes, strict=True):
                     job.outcome = outcome
