@@ -7,15 +7,15 @@ FROM ${BASE_IMAGE} AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1 PIP_ROOT_USER_ACTION=ignore \
     PIP_CACHE_DIR=/var/cache/pip
 RUN python3 -m venv /opt/venv
-# The dependencies (and the build backend) alone first, read off pyproject.toml: a change to
-# the code keeps this layer.
+# The dependencies, the otel extra (traces stay off unless OTEL_* asks: docs/tracing.md) and
+# the build backend alone first, read off pyproject.toml: a change to the code keeps this layer.
 # A CA bundle the build machine needs (a proxy's) comes in as a secret, for pip only: never in a
 # layer. pip's downloads stay in a cache mount, also outside the image.
 COPY pyproject.toml /src/
 RUN --mount=type=cache,id=pip,target=/var/cache/pip \
     --mount=type=secret,id=pip_cert \
     if [ -s /run/secrets/pip_cert ]; then export PIP_CERT=/run/secrets/pip_cert; fi \
-    && python3 -c "import tomllib; p = tomllib.load(open('/src/pyproject.toml', 'rb')); print(*p['project']['dependencies'], *p['build-system']['requires'], sep='\n')" > /tmp/requirements.txt \
+    && python3 -c "import tomllib; p = tomllib.load(open('/src/pyproject.toml', 'rb')); print(*p['project']['dependencies'], *p['project']['optional-dependencies']['otel'], *p['build-system']['requires'], sep='\n')" > /tmp/requirements.txt \
     && /opt/venv/bin/pip install -r /tmp/requirements.txt
 # The project itself, offline (its build backend is already in the venv); then pip and
 # setuptools leave the venv: nothing installs at run time.

@@ -43,6 +43,7 @@ from typing import Any
 
 # Plain python3 from the project root has neither the venv nor the project on sys.path.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from app.testing.otlp import OtlpReceiver
 from app.testing.postgres import PostgresServer
 
 PROG = "image_test"
@@ -317,8 +318,17 @@ def wait_until_live(container: Container, port: int) -> None:
 
 def check_serving(rootfs: RootFS, image: Image, work: Path) -> None:
     port = _free_port()
+    receiver = OtlpReceiver()  # the image has the otel extra: traces go to it, as configured
     # Migrated beforehand, as in production: no create_all at startup.
-    env = {"PORT": str(port), "CREATE_SCHEMA": "false"}
+    env = {
+        "PORT": str(port),
+        "CREATE_SCHEMA": "false",
+        "OTEL_TRACES_EXPORTER": "otlp",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url,
+        "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+        "OTEL_SERVICE_NAME": "image-test",
+        "OTEL_BSP_SCHEDULE_DELAY": "200",
+    }
     container = Container(rootfs, image, env, work / "serve.log")
     try:
         wait_until_live(container, port)
@@ -342,11 +352,17 @@ def check_serving(rootfs: RootFS, image: Image, work: Path) -> None:
         database = _volume_database(rootfs, image)
         _check(database.stat().st_uid == rootfs.uid, f"{database} is not the user's")
         _log(f"signup and item round trip on {database.relative_to(rootfs.path)}")
+        route = "POST /users/{user_id}/items/"
+        spans = receiver.wait_for(lambda spans: any(s.name == route for s in spans), 30)
+        services = {s.resource.get("service.name") for s in spans}
+        _check(services == {"image-test"}, f"spans from {services}")
+        _log(f"traces exported over OTLP/HTTP: {len(spans)} spans, among them {route!r}")
 
         check_in_flight_sigterm(container, port, database)
     finally:
         if container.running():
             container.stop()
+        receiver.stop()
 
 
 def check_healthcheck(rootfs: RootFS, image: Image, port: int, work: Path) -> None:
