@@ -2,9 +2,10 @@
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-# pytest-xdist workers for the tests that time nothing; those marked slow or serial (real
-# multi-worker servers, throughput, latency) run afterwards one at a time, alone.
-JOBS ?= 2
+# pytest-xdist workers for the tests that time nothing (three on two CPUs: they wait on servers
+# and subprocesses part of the time); those marked slow or serial (throughput, latency,
+# timeouts) run afterwards one at a time, alone.
+JOBS ?= 3
 PYTEST := $(BIN)/coverage run -m pytest
 TIMED := (slow or serial)
 WITH_POSTGRES := $(BIN)/python scripts/with_postgres.py

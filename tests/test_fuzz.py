@@ -1,6 +1,6 @@
 """Schemathesis against a live server, with auth off and on: no 5xx, nothing undocumented.
 
-Bounded (tests/schemathesis.toml: 15 examples per operation, one worker, a fixed seed, no
+Bounded (tests/schemathesis.toml: 10 examples per operation, one worker, a fixed seed, no
 example database), so a run is repeatable and takes well under a minute.
 """
 
