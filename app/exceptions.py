@@ -8,6 +8,7 @@ from sqlalchemy import exc
 
 __all__ = [
     "DATABASE_FAILURES",
+    "REFUSALS",
     "RETRY_AFTER_SECONDS",
     "CurrentPasswordError",
     "DatabaseBusyError",
@@ -116,3 +117,19 @@ class IdempotencyKeyInProgressError(Exception):
 class IdempotencyKeyReusedError(Exception):
     """The ``Idempotency-Key`` was used for a different request (method, path, body or
     caller) within its lifetime: 422, nothing done."""
+
+
+REFUSALS: tuple[type[Exception], ...] = (
+    CurrentPasswordError,
+    EmailAlreadyRegisteredError,
+    IdempotencyKeyInProgressError,
+    IdempotencyKeyReusedError,
+    InactiveUserError,
+    IncorrectLoginError,
+    LoginThrottledError,
+    NotAuthenticatedError,
+    PermissionDeniedError,
+    PreconditionFailedError,
+)
+"""What the app raises on purpose and ``app.web.errors`` answers with a 4xx: the client's
+doing, not a failure (a traced unit that raises one keeps an ok status)."""

@@ -33,16 +33,7 @@ from sqlalchemy import Engine
 from starlette.exceptions import HTTPException
 from starlette.types import Scope
 
-from app.exceptions import (
-    CurrentPasswordError,
-    EmailAlreadyRegisteredError,
-    InactiveUserError,
-    IncorrectLoginError,
-    LoginThrottledError,
-    NotAuthenticatedError,
-    PermissionDeniedError,
-    PreconditionFailedError,
-)
+from app.exceptions import REFUSALS
 from app.request_context import GateKind, RequestContext
 
 __all__ = ["SERVICE_NAME", "Tracing", "build_provider"]
@@ -79,23 +70,10 @@ def build_provider() -> TracerProvider:
     return provider
 
 
-_CLIENT_ERRORS = (
-    CurrentPasswordError,
-    EmailAlreadyRegisteredError,
-    InactiveUserError,
-    IncorrectLoginError,
-    LoginThrottledError,
-    NotAuthenticatedError,
-    PermissionDeniedError,
-    PreconditionFailedError,
-)
-"""What units raise on purpose and ``app.web.errors`` answers with a 4xx."""
-
-
 def _answered_4xx(error: Exception) -> bool:
     if isinstance(error, HTTPException):
         return error.status_code < 500
-    return isinstance(error, _CLIENT_ERRORS)
+    return isinstance(error, REFUSALS)
 
 
 def _error_type(error: BaseException) -> str:
