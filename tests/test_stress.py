@@ -11,7 +11,7 @@ from sqlalchemy import Engine, text
 from app.testing.server import LiveServer
 from tests.load import Connection, Response, register_at_once
 
-pytestmark = [pytest.mark.slow, pytest.mark.pgbouncer]  # alone: 64 Argon2 sign-ups at once
+pytestmark = [pytest.mark.slow, pytest.mark.pgbouncer]  # alone: 40 Argon2 sign-ups at once
 
 WORKERS = 2
 CLIENTS = 32
