@@ -159,25 +159,21 @@ def main(argv: list[str] | None = None) -> int:
     tables: list[Table] = []
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         folder = Path(tmp)
-        if args.operations_only:
+        # One section alone (--operations-only, --outbox-only, --idempotency-only).
+        alone = [
+            section
+            for asked, section in (
+                (args.operations_only, _operations),
+                (args.outbox_only, _outbox),
+                (args.idempotency_only, _idempotency),
+            )
+            if asked
+        ]
+        if alone:
             if not has_wrk:
                 print(WRK_MISSING)
                 return 1
-            tables.append(_show(_operations(folder, args, seconds, rounds, warmup)))
-            print(summary(tables))
-            return 0
-        if args.outbox_only:
-            if not has_wrk:
-                print(WRK_MISSING)
-                return 1
-            tables.append(_show(_outbox(folder, args, seconds, rounds, warmup)))
-            print(summary(tables))
-            return 0
-        if args.idempotency_only:
-            if not has_wrk:
-                print(WRK_MISSING)
-                return 1
-            tables.append(_show(_idempotency(folder, args, seconds, rounds, warmup)))
+            tables.append(_show(alone[0](folder, args, seconds, rounds, warmup)))
             print(summary(tables))
             return 0
         if args.replicas_only:
