@@ -26,6 +26,10 @@ from app.testing.plugin import count_rows, with_auth
 from containers import container
 from tests.factories import PASSWORD, add, id_name, seed_ids, unique_email
 
+pytestmark = (
+    pytest.mark.any_backend
+)  # the policy is the routes'; the rows it reads are the same SQL on every backend
+
 IDENTITIES = ("no token", "bad token", "expired token", "other user", "owner")
 
 

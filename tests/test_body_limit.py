@@ -23,6 +23,8 @@ from app.testing.plugin import with_auth
 from app.testing.server import LiveServer
 from containers import container
 
+pytestmark = pytest.mark.any_backend  # the body limit refuses before any database work
+
 LIMIT = Settings.model_fields["MAX_BODY_BYTES"].default
 DETAIL = {"detail": f"Request body too large: at most {LIMIT} bytes"}
 CHUNK = 64 * 1024

@@ -15,6 +15,8 @@ from app.config import Settings
 from app.main import app, create_app
 from containers import container
 
+pytestmark = pytest.mark.any_backend  # CORS headers are decided before any database work
+
 ALLOWED = "https://app.example.com"
 REFUSED = "https://evil.example.net"
 PREFLIGHT = {

@@ -13,6 +13,8 @@ from app.main import app
 from app.testing import routes
 from app.testing.server import LiveServer
 
+pytestmark = pytest.mark.any_backend  # the documentation pages read no table
+
 SHARES_SERVERS = True  # module-scoped: under xdist, its tests run on one worker
 
 CHROMIUM = "/usr/bin/chromium"

@@ -34,8 +34,6 @@ from containers import container
 from tests.conftest import UNAVAILABLE
 from tests.doubles import BlockingReads
 
-pytestmark = pytest.mark.pgbouncer
-
 SECRET = "s3cret-pa55word"
 
 DATABASE_FREE = {"/health/live"}
@@ -81,6 +79,7 @@ async def unreachable(
     engine.dispose()
 
 
+@pytest.mark.pgbouncer
 @pytest.mark.parametrize("request_", REQUESTS)
 def test_an_unreachable_database_is_503_with_retry_after(
     client: TestClient,

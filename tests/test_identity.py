@@ -21,19 +21,25 @@ from app.testing.server import LiveServer
 from tests.factories import PASSWORD, unique_email
 
 WORKERS = 2
+LIGHT_APP = "tests.light_app:app"
 NEW_PASSWORD = "a n3w and l0nger passphrase"
 
 
 @contextmanager
 def serve(
-    database_url: str, schema: Engine, env: dict[str, str] | None = None, workers: int = 1
+    database_url: str, schema: Engine | None, env: dict[str, str] | None = None, workers: int = 1
 ) -> Iterator[tuple[httpx2.Client, str]]:
-    """A live server with auth on and a client; the SECRET_KEY."""
-    schema.dispose()
+    """A live server with auth on and a client; the SECRET_KEY. Without ``schema``, the
+    server creates the tables."""
+    if schema is not None:
+        schema.dispose()
     key = secrets.token_urlsafe(32)
     settings = {"DATABASE_URL": database_url, "AUTH_ENABLED": "true", "SECRET_KEY": key}
+    if schema is None:
+        settings["CREATE_SCHEMA"] = "true"
     with (
-        LiveServer({**settings, **(env or {})}, workers=workers) as server,
+        # Password hashing at the test-sized cost: these tests are about sessions, not it.
+        LiveServer({**settings, **(env or {})}, workers=workers, app=LIGHT_APP) as server,
         # A new connection per request (no keep-alive): either worker may take each one.
         httpx2.Client(
             base_url=server.url, limits=httpx2.Limits(max_keepalive_connections=0), timeout=60
@@ -42,16 +48,21 @@ def serve(
         yield client, key
 
 
-@pytest.fixture
-def live(database_url: str, schema: Engine) -> Iterator[httpx2.Client]:
-    with serve(database_url, schema) as (client, _):
+# The servers below are shared by the tests of this module (each signs up users of its own),
+# with no per-address login limit: test_throttle.py tests that one.
+SHARED = {"LOGIN_MAX_ATTEMPTS_PER_MINUTE": "100000"}
+
+
+@pytest.fixture(scope="module")
+def live(module_database_url: str) -> Iterator[httpx2.Client]:
+    with serve(module_database_url, None, SHARED) as (client, _):
         yield client
 
 
-@pytest.fixture
-def workers(database_url: str, schema: Engine) -> Iterator[httpx2.Client]:
+@pytest.fixture(scope="module")
+def workers(module_database_url: str) -> Iterator[httpx2.Client]:
     """Two workers: sessions and refresh tokens must hold whichever serves each request."""
-    with serve(database_url, schema, workers=WORKERS) as (client, _):
+    with serve(module_database_url, None, SHARED, workers=WORKERS) as (client, _):
         yield client
 
 

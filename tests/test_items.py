@@ -14,8 +14,6 @@ from app.testing.plugin import count_rows
 from containers import container
 from tests.factories import create_item, create_user
 
-pytestmark = pytest.mark.pgbouncer
-
 ITEM_KEYS = {"id", "title", "description", "owner_id"}
 
 

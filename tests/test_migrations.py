@@ -28,8 +28,6 @@ from app.exceptions import UnversionedDatabaseError
 from app.testing.plugin import BACKEND, settings_free_environ
 from containers import container
 
-pytestmark = pytest.mark.pgbouncer
-
 VERSIONS = Path(migrations.__file__).parent / "versions"
 SCRIPTS = ScriptDirectory.from_config(migrations.alembic_config())
 (HEAD,) = SCRIPTS.get_heads()  # exactly one: `app db upgrade head` refuses several
@@ -95,6 +93,7 @@ def _autoincrement(engine: Engine, table: str) -> bool | None:
     return "AUTOINCREMENT" in str(sql)
 
 
+@pytest.mark.pgbouncer
 def test_upgrade_head_builds_exactly_the_create_all_schema(engine: Engine) -> None:
     ensure_database_schema()
     created = schema_of(engine)
@@ -112,6 +111,7 @@ def test_upgrade_head_builds_exactly_the_create_all_schema(engine: Engine) -> No
     ]
 
 
+@pytest.mark.pgbouncer
 def test_autogenerate_finds_nothing_to_do_after_upgrade(engine: Engine) -> None:
     migrations.upgrade()
     command.check(migrations.alembic_config())
@@ -126,6 +126,7 @@ def test_autogenerate_detects_a_schema_that_differs_from_the_models(engine: Engi
         command.check(migrations.alembic_config())
 
 
+@pytest.mark.pgbouncer
 def test_upgrade_downgrade_to_base_and_upgrade_again(engine: Engine) -> None:
     migrations.upgrade()
     with engine.begin() as connection:
@@ -154,6 +155,7 @@ def test_offline_upgrade_prints_sql_and_leaves_the_database_alone(
     assert inspect(engine).get_table_names() == []
 
 
+@pytest.mark.pgbouncer
 def test_cli_upgrade_current_downgrade(engine: Engine, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["db", "current"]) == 0
     assert capsys.readouterr().out.strip() == ""
@@ -179,6 +181,7 @@ def test_cli_reports_errors_without_a_traceback(
     assert "Traceback" not in err
 
 
+@pytest.mark.pgbouncer
 def test_a_create_all_database_must_be_stamped_before_upgrades(
     engine: Engine, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -194,6 +197,7 @@ def test_a_create_all_database_must_be_stamped_before_upgrades(
     assert main(["db", "check"]) == 0
 
 
+@pytest.mark.pgbouncer
 @pytest.mark.parametrize(("create_schema", "expected"), [(True, None), (False, HEAD)])
 def test_init_db_creates_with_create_all_or_migrates(
     engine: Engine, settings: Settings, create_schema: bool, expected: str | None
@@ -226,6 +230,7 @@ def test_schema_setup_rule(url: str, values: dict[str, Any], expected: str) -> N
     assert migrations.schema_setup(s, url) == expected
 
 
+@pytest.mark.pgbouncer
 def test_startup_migrates_when_configured(engine: Engine, settings: Settings) -> None:
     from app.main import app
 
@@ -236,6 +241,7 @@ def test_startup_migrates_when_configured(engine: Engine, settings: Settings) ->
         assert response.status_code == 200, response.text
 
 
+@pytest.mark.pgbouncer
 def test_startup_refuses_to_migrate_an_unversioned_database(
     engine: Engine, settings: Settings
 ) -> None:
@@ -370,6 +376,7 @@ def advisory_lock_waiters(engine: Engine) -> int:
         return waiting
 
 
+@pytest.mark.pgbouncer
 def test_concurrent_upgrades_from_any_directory_run_the_migration_once(
     engine: Engine, database_url: str, tmp_path: Path
 ) -> None:
@@ -396,6 +403,7 @@ def test_concurrent_upgrades_from_any_directory_run_the_migration_once(
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.pgbouncer
 def test_0004_refuses_e_mails_that_differ_only_in_case_naming_the_users_and_changes_nothing(
     engine: Engine,
 ) -> None:

@@ -41,8 +41,6 @@ from app.units.writer import Writer
 from containers import container
 from tests.factories import create_item, create_user
 
-pytestmark = pytest.mark.pgbouncer
-
 SECRET = "whsec_" + base64.b64encode(os.urandom(32)).decode()
 TYPES = {
     f"{name}.{action}" for name in ("user", "item") for action in ("created", "updated", "deleted")
@@ -62,6 +60,7 @@ def payloads() -> list[dict[str, Any]]:
 # Writing events
 
 
+@pytest.mark.pgbouncer
 def test_each_change_writes_one_event_with_the_resource_as_the_api_returns_it(
     client: TestClient,
 ) -> None:
@@ -95,6 +94,7 @@ def test_each_change_writes_one_event_with_the_resource_as_the_api_returns_it(
     assert "$argon2" not in text
 
 
+@pytest.mark.pgbouncer
 def test_rolled_back_writes_leave_no_event(client: TestClient) -> None:
     user = create_user(client, "bob@example.com")
     item = create_item(client, user["id"])
@@ -190,6 +190,7 @@ def test_webhook_settings_are_checked_at_start_without_echoing_them(
     assert SECRET not in repr(ok)
 
 
+@pytest.mark.pgbouncer
 def test_the_table_s_life_claims_leases_outcomes_redrive_and_pruning(
     client: TestClient, schema: Engine, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -349,6 +350,7 @@ def make_changes(client: TestClient, n: int) -> set[str]:
     return {event.id for event in events()}
 
 
+@pytest.mark.pgbouncer
 def test_two_workers_deliver_every_event_exactly_once_signed_then_exit_0_on_sigterm(
     client: TestClient, database_url: str, schema: Engine, tmp_path: Path
 ) -> None:

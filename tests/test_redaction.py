@@ -18,6 +18,8 @@ from app.web.redaction import MASK, MAX_ECHO, redacted, secret_names
 from containers import container
 from tests.factories import create_user
 
+pytestmark = pytest.mark.any_backend  # what a 422 echoes is decided before any database work
+
 SMALL = 4096
 ERROR_KEYS = {"type", "loc", "msg", "input", "ctx"}
 

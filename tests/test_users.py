@@ -18,8 +18,6 @@ from app.testing.plugin import count_rows, engine_pair
 from containers import container
 from tests.factories import PASSWORD, add, create_item, create_user
 
-pytestmark = pytest.mark.pgbouncer
-
 USER_KEYS = {"id", "email", "is_active", "items"}
 
 
@@ -179,6 +177,7 @@ def test_get_user_with_an_invalid_id_is_422(client: TestClient, user_id: str) ->
     assert response.json()["detail"][0]["loc"] == ["path", "user_id"]
 
 
+@pytest.mark.pgbouncer
 def test_same_email_race_has_exactly_one_winner(client: TestClient) -> None:
     racers = 8
     barrier = threading.Barrier(racers)
@@ -269,6 +268,7 @@ def test_patch_user_to_a_taken_email_is_400(client: TestClient) -> None:
     assert client.get(f"/users/{user['id']}").json() == user
 
 
+@pytest.mark.pgbouncer
 def test_concurrent_renames_to_one_email_have_exactly_one_winner(client: TestClient) -> None:
     users = [create_user(client)["id"] for _ in range(6)]
     statuses: list[int] = []

@@ -18,9 +18,12 @@ afterwards; ``scripts/with_postgres.py`` starts a throwaway server and sets it. 
 through PgBouncer with ``DB_PREPARE_THRESHOLD`` None (in ``settings``, and in the
 environment for the run, so that the live servers of every test read it too).
 ``--backend-tests-only`` keeps the tests that depend on the backend: those using
-``database_url`` (directly or through another fixture) or marked ``backend``.
+``database_url`` or ``module_database_url`` (directly or through another fixture) and are not
+marked ``any_backend``, and those marked ``backend``.
 
 - ``database_url``: the URL of this test's empty database;
+- ``module_database_url``: an empty database shared by the tests of a module (for a live
+  server they share);
 - ``settings``: ``Settings`` for it; override this fixture to change a knob for a module;
 - ``engines`` (``engine``, ``async_engine``): the container's engines for it, overriding
   ``container.settings``, ``container.engine`` and ``container.async_engine`` until the
@@ -155,7 +158,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--backend-tests-only",
         action="store_true",
         help="run only the tests whose outcome depends on the database backend: those that use "
-        "the database_url fixture (directly or through another fixture) or are marked backend",
+        "the database_url or module_database_url fixture (directly or through another "
+        "fixture) and are not marked any_backend, and those marked backend",
     )
 
 
@@ -170,8 +174,16 @@ def pytest_configure(config: pytest.Config) -> None:
         "backend: the test depends on the database backend without using the database_url "
         "fixture (it reads BACKEND or TEST_DATABASE_URL); --backend-tests-only keeps it",
     )
+    config.addinivalue_line(
+        "markers",
+        "any_backend: the test uses a database, but its outcome does not depend on which "
+        "(HTTP framing, middleware, documentation); --backend-tests-only drops it",
+    )
     if VIA_PGBOUNCER:  # for the live servers the tests start, and Settings() in tests
         os.environ["DB_PREPARE_THRESHOLD"] = "none"
+
+
+_BACKEND_FIXTURES = frozenset(("database_url", "module_database_url"))
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -181,7 +193,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     dropped: list[pytest.Item] = []
     for item in items:
         fixtures = getattr(item, "fixturenames", ())
-        depends = "database_url" in fixtures or item.get_closest_marker("backend") is not None
+        depends = item.get_closest_marker("backend") is not None or (
+            not _BACKEND_FIXTURES.isdisjoint(fixtures)
+            and item.get_closest_marker("any_backend") is None
+        )
         (kept if depends else dropped).append(item)
     if dropped:
         config.hook.pytest_deselected(items=dropped)
@@ -208,11 +223,10 @@ def _test_databases() -> Iterator[TestDatabases]:
     databases.close()
 
 
-@pytest.fixture
-def database_url(
+@contextlib.contextmanager
+def _new_database(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[str]:
-    """A database of the selected backend that exists only for this test."""
     if BACKEND == "sqlite":
         yield f"sqlite:///{tmp_path_factory.mktemp('db') / 'test.db'}"
         return
@@ -223,6 +237,25 @@ def database_url(
         yield make_url(via).set(database=name).render_as_string(hide_password=False)
     finally:
         databases.give_back(name)
+
+
+@pytest.fixture
+def database_url(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """A database of the selected backend that exists only for this test."""
+    with _new_database(request, tmp_path_factory) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def module_database_url(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """An empty database of the selected backend shared by the tests of one module (for a
+    live server that they share); each test's data must not depend on the others'."""
+    with _new_database(request, tmp_path_factory) as url:
+        yield url
 
 
 @pytest.fixture

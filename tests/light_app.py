@@ -1,5 +1,6 @@
-"""The app that tests/test_fuzz.py serves: ``app.main``'s, with the test-sized password hashing
-of app.testing.plugin, so that hundreds of signups and logins take seconds, not minutes."""
+"""``app.main``'s app with the test-sized password hashing of app.testing.plugin, for the live
+servers of tests whose subject is not the hash's cost (tests/test_fuzz.py, test_identity.py):
+hundreds of sign-ups and logins take seconds, not minutes."""
 
 from pwdlib import PasswordHash
 from pwdlib.hashers.argon2 import Argon2Hasher
