@@ -188,19 +188,18 @@ async def test_app_serve_takes_a_burst_of_new_connections_in_at_once(
     database_url: str, schema: Engine
 ) -> None:
     """The tail at 128 connections (issue 24): an event loop that accepts one connection per
-    turn (uvloop, since libuv 1.45) leaves a burst of new connections in the listen backlog
-    for as many turns, each as long as the requests already in: the first connections are
-    served over and over while the last wait seconds for their first answer. `app serve`
-    takes them all in at once: before the last of 64 connections has its first answer, none
-    has had more than two (the first answers may span two turns of the loop), where
-    `app serve --loop uvloop` gave the first connection 64. The burst is made certain by
-    stopping the server while the clients connect."""
+    turn (uvloop, since libuv PR 3696) leaves a burst of new connections in the listen
+    backlog for as many turns, each as long as the requests already in: the first
+    connections are served over and over while the last wait seconds for their first
+    answer. `app serve` takes them all in at once: before the last of 64 connections has its
+    first answer, none has had more than two (the first answers may span two turns of the
+    loop), where `app serve --loop uvloop` gave the first ones 41-63. The burst is made
+    certain by stopping the server while the clients connect. The request needs no database
+    (how the loop accepts does not depend on the route), so the gate does not order the
+    answers."""
     schema.dispose()
     with LiveServer({"DATABASE_URL": database_url}, serve=True) as live:
-        body = {"email": "burst@example.com", "password": "pw"}
-        status, _ = await _one(live.url, "POST", "/users/", body)
-        assert status == 200
-        request = f"GET /users/1 HTTP/1.1\r\nHost: {live.host}\r\n\r\n".encode()
+        request = f"GET /health/live HTTP/1.1\r\nHost: {live.host}\r\n\r\n".encode()
         os.kill(live.pid, signal.SIGSTOP)  # the kernel still completes the handshakes
         try:
             streams = [
