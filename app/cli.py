@@ -49,6 +49,8 @@ def _serve(args: argparse.Namespace) -> int:
         ),
         "proxy_headers": _or(args.proxy_headers, s.PROXY_HEADERS),
         "forwarded_allow_ips": _or(args.forwarded_allow_ips, s.FORWARDED_ALLOW_IPS),
+        # asyncio's loop, not uvloop: see the --loop help and docs/concurrency.md ("The tail").
+        "loop": args.loop,
     }
     # After a graceful shutdown uvicorn raises the signal again, to the handler that was
     # there before it: exit 0 instead of dying of SIGTERM.
@@ -243,6 +245,14 @@ def _parser() -> argparse.ArgumentParser:
         metavar="IPS",
         help="proxies whose X-Forwarded-* headers are trusted, comma-separated, or * "
         "(default: FORWARDED_ALLOW_IPS, 127.0.0.1)",
+    )
+    serve.add_argument(
+        "--loop",
+        choices=("asyncio", "uvloop"),
+        default="asyncio",
+        help="the event loop (default: asyncio). uvloop accepts one new connection per turn "
+        "of the loop, so under load a burst of new connections waits seconds to be accepted "
+        "while the first ones are served; asyncio's accepts every waiting one at once",
     )
     serve.set_defaults(handler=_serve)
 

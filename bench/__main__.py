@@ -16,6 +16,7 @@ from bench.operations import overhead_table
 from bench.outbox import outbox_table
 from bench.replicas import replicas_missing, replicas_table
 from bench.report import Table, machine, render, summary
+from bench.tail import tail_table
 from bench.web import WRK_MISSING, postgres_table, sqlite_tables
 
 POSTGRES_ENV = "BENCH_POSTGRES_URL"
@@ -76,6 +77,13 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="only section 10: POST items with a fresh Idempotency-Key per request against "
         "without one, on SQLite (and PostgreSQL when BENCH_POSTGRES_URL is set)",
+    )
+    parser.add_argument(
+        "--tail-only",
+        action="store_true",
+        help="only section 11: the latency distribution of GET /users/{id} at 32 and 128 "
+        "connections, app serve against a plain baseline, on SQLite (and PostgreSQL when "
+        "BENCH_POSTGRES_URL is set)",
     )
     parser.add_argument(
         "--replicas-only",
@@ -141,6 +149,18 @@ def _idempotency(
     )
 
 
+def _tail(folder: Path, args: argparse.Namespace, seconds: int, rounds: int, warmup: int) -> Table:
+    # Rounds long enough to see a request outlive DB_QUEUE_TIMEOUT (5 s): 6 s by default,
+    # in half as many rounds as the other sections.
+    return tail_table(
+        folder,
+        os.environ.get(POSTGRES_ENV, ""),
+        seconds=max(1, seconds * 3 // 4),
+        rounds=max(1, rounds // 2),
+        warmup=warmup,
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     quick: bool = args.quick
@@ -153,19 +173,26 @@ def main(argv: list[str] | None = None) -> int:
     has_wrk = shutil.which("wrk") is not None
     started = time.monotonic()
     print(f"## Benchmarks{' (quick smoke run)' if quick else ''}\n\n{machine()}\n", flush=True)
-    only = args.operations_only or args.replicas_only or args.outbox_only or args.idempotency_only
+    only = (
+        args.operations_only
+        or args.replicas_only
+        or args.outbox_only
+        or args.idempotency_only
+        or args.tail_only
+    )
     if not postgres_url and not only:
         print(f"{POSTGRES_MISSING}\n", flush=True)
     tables: list[Table] = []
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         folder = Path(tmp)
-        # One section alone (--operations-only, --outbox-only, --idempotency-only).
+        # One section alone (--operations-only, --outbox-only, --idempotency-only, --tail-only).
         alone = [
             section
             for asked, section in (
                 (args.operations_only, _operations),
                 (args.outbox_only, _outbox),
                 (args.idempotency_only, _idempotency),
+                (args.tail_only, _tail),
             )
             if asked
         ]
@@ -227,6 +254,7 @@ def main(argv: list[str] | None = None) -> int:
             tables.append(_show(_operations(folder, args, seconds, rounds, warmup)))
             tables.append(_show(_outbox(folder, args, seconds, rounds, warmup)))
             tables.append(_show(_idempotency(folder, args, seconds, rounds, warmup)))
+            tables.append(_show(_tail(folder, args, seconds, rounds, warmup)))
             missing = replicas_missing()
             if missing:
                 print(f"{missing}\n", flush=True)

@@ -57,7 +57,8 @@ function done(summary, latency, requests)
   local e = summary.errors
   io.write(string.format(
     'BENCH_RESULT {"requests": %d, "duration_us": %d, "non2xx": %d, "connect": %d, ' ..
-    '"read": %d, "write": %d, "timeout": %d, "p50_us": %.0f, "p99_us": %.0f}\n',
+    '"read": %d, "write": %d, "timeout": %d, "p50_us": %.0f, "p99_us": %.0f, ' ..
+    '"p999_us": %.0f, "max_us": %.0f}\n',
     summary.requests, summary.duration, e.status, e.connect, e.read, e.write, e.timeout,
-    latency:percentile(50), latency:percentile(99)))
+    latency:percentile(50), latency:percentile(99), latency:percentile(99.9), latency.max))
 end

@@ -115,7 +115,7 @@ def test_quick_benchmark_prints_every_table_with_its_rows() -> None:
             env=env,
             capture_output=True,
             text=True,
-            timeout=300,
+            timeout=420,
         )
     assert result.returncode == 0, result.stdout + result.stderr
     tables = _tables(result.stdout)
@@ -183,6 +183,23 @@ def test_quick_benchmark_prints_every_table_with_its_rows() -> None:
         keyed = _table(tables, "10. Idempotency-Key")
         assert [row[0] for row in keyed] == ["SQLite", "PostgreSQL"][: 2 if postgres else 1]
         assert all(_number(row[1]) > 0 and _number(row[2]) > 0 for row in keyed), keyed
+
+        tail = _table(tables, "11. The tail")
+        backends = ["SQLite", "PostgreSQL"][: 2 if postgres else 1]
+        servers = ["app serve", "app serve --loop uvloop"]
+        assert [(row[0], row[1], row[2].split(":")[0]) for row in tail] == [
+            (backend, connections, server)
+            for backend in backends
+            for connections in ("32", "128")
+            for server in (*servers, "baseline")
+        ]
+        for row in tail:
+            if row[2] in servers:
+                assert _number(row[3]) > 0, row
+                assert _number(row[4]) > 0, row
+                assert _number(row[4]) <= _number(row[5]) <= _number(row[6]) <= _number(row[7])
+            assert (row[-1] in ("yes", "NO")) == (row[2] == "app serve"), row
+        targets += 2 * len(backends)
 
         if _replicas_can_run():
             _check_replicas_rows(_table(tables, "8. Read replica"))
