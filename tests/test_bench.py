@@ -1,4 +1,4 @@
-"""The benchmark: its smoke mode prints every table, and its three servers answer alike."""
+"""The benchmark: its smoke mode prints every table, and its four servers answer alike."""
 
 import http.client
 import json
@@ -23,6 +23,7 @@ HTTP_REQUESTS = ("GET /users/{id}", "GET /items/?limit=100", "POST /users/{id}/i
 SERVERS = {
     "app": "app.main:app",
     "tutorial": "bench.baseline_app:app",
+    "framework floor": "bench.framework_app:app",
     "floor": "bench.floor_app:app",
 }
 
@@ -141,15 +142,17 @@ def test_quick_benchmark_prints_every_table_with_its_rows() -> None:
     if shutil.which("wrk"):
         http = _table(tables, "3. HTTP under wrk on SQLite")
         assert [(row[0], row[1]) for row in http] == [(r, "1") for r in HTTP_REQUESTS]
-        _check_http_rows([row[1:] for row in http], servers=3)
+        _check_http_rows([row[1:] for row in http], servers=4)
         for row in http:
-            assert _number(row[5]) > 0, f"no ratio to the tutorial: {row}"
-            assert _number(row[6]) > 0, f"no ratio to the floor: {row}"
+            assert _number(row[6]) > 0, f"no ratio to the tutorial: {row}"
+            assert _number(row[7]) > 0, f"no ratio to the framework floor: {row}"
+            assert _number(row[8]) > 0, f"no ratio to the floor: {row}"
         memory = _table(tables, "Memory")
         assert [row[0] for row in memory] == ["1"]
-        assert all(_number(cell) > 10 for cell in memory[0][1:4])
-        assert memory[0][6] in ("yes", "NO")
-        targets += 2 + 1 + 2 + 1  # users: floor and tutorial; items: floor; write; memory
+        assert all(_number(cell) > 10 for cell in memory[0][1:5])
+        assert memory[0][7] in ("yes", "NO")
+        # users: framework floor and tutorial; items: framework floor; write: both; memory
+        targets += 2 + 1 + 2 + 1
 
         growth = _table(tables, "6. Growth on SQLite")
         labels = [row[0] for row in growth]
@@ -297,11 +300,14 @@ EXCHANGES: tuple[tuple[str, str, object, int], ...] = (
 )
 
 
-def test_app_tutorial_and_floor_answer_with_the_same_bytes(tmp_path: Path) -> None:
+def test_app_tutorial_and_floors_answer_with_the_same_bytes(tmp_path: Path) -> None:
     answers: dict[str, list[Answer]] = {}
     with ExitStack() as stack:
         for name, app in SERVERS.items():
-            env = {"DATABASE_URL": _seed(tmp_path / f"{name}.db"), "MIGRATE_ON_STARTUP": "false"}
+            env = {
+                "DATABASE_URL": _seed(tmp_path / f"{name.replace(' ', '-')}.db"),
+                "MIGRATE_ON_STARTUP": "false",
+            }
             server = stack.enter_context(LiveServer(env, app=app, ready_path="/users/1"))
             answers[name] = [_answer(server, m, p, b) for m, p, b, _ in EXCHANGES]
     app_answers = answers["app"]
@@ -309,6 +315,6 @@ def test_app_tutorial_and_floor_answer_with_the_same_bytes(tmp_path: Path) -> No
     assert all(a[1] == "application/json" for a in app_answers)
     assert b'"is_active":false' in app_answers[1][2]
     assert json.loads(app_answers[-1][2])[-1]["title"] == "no description"
-    for name in ("tutorial", "floor"):
+    for name in ("tutorial", "framework floor", "floor"):
         for exchange, mine, theirs in zip(EXCHANGES, app_answers, answers[name], strict=True):
             assert theirs == mine, f"{name} differs on {exchange[:2]}"

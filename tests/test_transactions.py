@@ -222,6 +222,11 @@ async def test_a_read_that_writes_fails_loudly_and_changes_nothing(
     # The same pooled connection serves a write next: the read-only mode went with the read.
     user_id = await Writer(Gate(capacity=1, timeout=1), container.session)(_add_and_return_id)
     assert count_rows(User, User.id == user_id) == 1
+    # And the database refuses a read's write again after that write (SQLite switches the
+    # connection's mode only when a transaction wants the other one).
+    with pytest.raises(WriteInReadError, match="_delete_statement"):
+        await read(_delete_statement)
+    assert count_rows(User) == 2
 
 
 def _add_and_return_id(session: Session) -> int:

@@ -74,24 +74,25 @@ def install_hooks(engine: Engine, *, busy_timeout_ms: int, synchronous: str) -> 
         # every transaction. Its errors ("database is locked" past busy_timeout) are raised
         # as SQLAlchemy's, as they would be from a statement.
         statement = f"BEGIN {mode}"
+        # query_only belongs to the DBAPI connection and stays as the last transaction left
+        # it (its pool entry's info says which): it changes only when a transaction wants
+        # the other mode, before its BEGIN (BEGIN IMMEDIATE fails on a query-only
+        # connection). Setting it expires every statement the connection has prepared (as
+        # every flag pragma does), so toggling it around each read would cost two statements
+        # and a new prepare of the read's own.
+        query_only = bool(options.get(QUERY_ONLY))
+        info = conn.connection.info
         cursor = conn.connection.cursor()
         try:
+            if info.get(QUERY_ONLY, False) != query_only:
+                cursor.execute(f"PRAGMA query_only = {'ON' if query_only else 'OFF'}")
+                info[QUERY_ONLY] = query_only
             cursor.execute(statement)
-            if options.get(QUERY_ONLY):
-                cursor.execute("PRAGMA query_only = ON")
-                conn.info[QUERY_ONLY] = True
         except conn.dialect.loaded_dbapi.Error as error:
             base = conn.dialect.loaded_dbapi.Error
             raise DBAPIError.instance(statement, None, error, base) from error
         finally:
             cursor.close()
-
-    @event.listens_for(engine, "commit")
-    @event.listens_for(engine, "rollback")
-    def _end(conn: Connection) -> None:
-        # The pragma belongs to the DBAPI connection, which the pool hands to the next user.
-        if conn.info.pop(QUERY_ONLY, False):
-            _pragma(conn.connection, "query_only = OFF")
 
 
 def _pragma(dbapi_connection: Any, pragma: str) -> None:

@@ -9,7 +9,7 @@ from app.exceptions import PermissionDeniedError
 from app.models import Item, User
 from app.outbox.events import created, deleted, updated
 from app.schemas import ItemCreate, ItemRead, ItemUpdate, Versioned
-from app.services.rows import FIRST, locked
+from app.services.rows import FIRST, locked, schemas
 
 __all__ = ["ItemService"]
 
@@ -47,7 +47,7 @@ class ItemService:
     ) -> list[ItemRead]:
         """Items in id order: ``skip`` rows after ``after_id``."""
         page = {"skip": skip, "limit": limit, "after_id": after_id or FIRST}
-        return [_item_of(row) for row in session.connection().execute(_ITEM_PAGE, page)]
+        return schemas(ItemRead, session.connection().execute(_ITEM_PAGE, page))
 
     def create_for_user(
         self, session: Session, user_id: int, item_in: ItemCreate, *, caller_id: int | None

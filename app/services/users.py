@@ -13,8 +13,8 @@ from app.emails import canonical_email
 from app.exceptions import EmailAlreadyRegisteredError
 from app.models import AuthSession, Item, User
 from app.outbox.events import created, deleted, updated
-from app.schemas import ItemRead, UserCreate, UserRead, UserUpdate, Versioned
-from app.services.rows import FIRST, locked
+from app.schemas import UserCreate, UserRead, UserUpdate, Versioned
+from app.services.rows import FIRST, locked, schemas_of
 
 __all__ = ["Credentials", "UserService"]
 
@@ -213,21 +213,24 @@ def _tag(version: int, items: int, last_item: int | None, item_versions: int) ->
 
 def _users_of(rows: Sequence[Any]) -> list[UserRead]:
     """Users from rows of a user LEFT JOIN items, in row order (one row per item, or one
-    row with no item for a user without items)."""
-    users: dict[int, UserRead] = {}
+    row with no item for a user without items), validated in one call."""
+    users: dict[int, dict[str, Any]] = {}
     for row in rows:
         user = users.get(row.id)
         if user is None:
-            user = users[row.id] = UserRead(
-                id=row.id, email=row.email, is_active=row.is_active, items=[]
-            )
+            user = users[row.id] = {
+                "id": row.id,
+                "email": row.email,
+                "is_active": row.is_active,
+                "items": [],
+            }
         if row.item_id is not None:
-            user.items.append(
-                ItemRead(
-                    id=row.item_id,
-                    title=row.title,
-                    description=row.description,
-                    owner_id=row.owner_id,
-                )
+            user["items"].append(
+                {
+                    "id": row.item_id,
+                    "title": row.title,
+                    "description": row.description,
+                    "owner_id": row.owner_id,
+                }
             )
-    return list(users.values())
+    return schemas_of(UserRead, list(users.values()))
