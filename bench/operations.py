@@ -71,8 +71,11 @@ def overhead_table(
             "METRICS_ENABLED=true (prometheus-client's multiprocess mode, as app serve always "
             "runs it). Traced: the same plus OTEL_TRACES_EXPORTER=otlp to an "
             "app.testing.otlp.OtlpReceiver on 127.0.0.1 at the default sampler "
-            "(parentbased_always_on: every request is a trace). vs off is req/s against off's "
-            "in the same rounds; vs off by CPU is off's CPU time per request over this one's "
+            "(parentbased_always_on: every request is a trace). Off and on run in alternating "
+            "rounds, then off and traced (the spans a traced round leaves to export would "
+            "land in the next server's round); the off row is the first pass. vs off is req/s "
+            "against off's in the same rounds; vs off by CPU is off's CPU time per request "
+            "over this one's "
             "(the worker process, from /proc), which other load on the machine disturbs "
             "less. Middleware µs/req is what the telemetry middleware adds, in that "
             "configuration, to an ASGI app that answers at once, timed in-process "
@@ -96,19 +99,26 @@ def overhead_table(
         servers = {
             name: stack.enter_context(_server(folder, name, env)) for name, env in envs.items()
         }
-        progress("telemetry overhead, 1 worker")
-        runs = measure(
-            servers,
-            (_REQUEST,),
-            round_seconds=round_seconds,
-            rounds=rounds,
-            warmup=warmup,
-            connections=connections,
-        )
-    loads = {name: runs[name][_REQUEST.label] for name in servers}
+        # Off against on, then off against traced: the spans a traced round leaves to export
+        # (and the receiver, in this process, to parse) must not land in on's rounds.
+        baselines: dict[str, Load] = {}
+        loads: dict[str, Load] = {}
+        for compared in ("on", "traced"):
+            progress(f"telemetry overhead, 1 worker: off and {compared}")
+            runs = measure(
+                {name: servers[name] for name in ("off", compared)},
+                (_REQUEST,),
+                round_seconds=round_seconds,
+                rounds=rounds,
+                warmup=warmup,
+                connections=connections,
+            )
+            baselines[compared] = runs["off"][_REQUEST.label]
+            loads[compared] = runs[compared][_REQUEST.label]
+    loads = {"off": baselines["on"], **loads}
     middleware = _middleware_us()
-    off = loads["off"]
     for name, load in loads.items():
+        off = baselines.get(name, load)
         kept = ratio(load, off)
         measured = name == "on"
         met = kept >= KEPT_TARGET and not load.errors
