@@ -1,6 +1,8 @@
 """The telemetry middleware's own cost, in-process: ``python -m bench.middleware`` prints, as
-JSON, the µs per request it adds to an ASGI app that answers at once, as ``app serve`` runs
-it (a new request id, a JSON access line written to a file, metrics in multiprocess mode).
+JSON, the µs per request of an ASGI app that answers at once, bare (``bare_us``) and behind
+the middleware as ``app serve`` runs it: access log and metrics off (``off_us``: a new
+request id only), and on (``on_us``: a JSON access line written to a file, metrics in
+multiprocess mode).
 
 A separate process, because prometheus-client picks its multiprocess mode when it is first
 imported. Unlike req/s, this does not move with other load on the machine.
@@ -9,6 +11,7 @@ imported. Unlike req/s, this does not move with other load on the machine.
 import asyncio
 import json
 import logging.config
+import math
 import os
 import sys
 import tempfile
@@ -67,19 +70,30 @@ def main() -> int:
         from app.observability.logs import logging_config
         from app.runtime import Runtime
 
-        config = logging_config(level="info", log_format="json", access_log=True)
+        class App:
+            state = State()
+
+        timed: dict[str, float] = {}
         with open(os.path.join(directory, "access.log"), "w", encoding="utf-8") as log:
-            config["handlers"]["stderr"]["stream"] = log
-            logging.config.dictConfig(config)
-
-            class App:
-                state = State()
-
-            bare = asyncio.run(_best_us(_inner, App()))
-            measured = Runtime(metrics_enabled=True)
-            telemetry = asyncio.run(_best_us(Telemetry(_inner, measured), App()))
-    json.dump({"bare_us": bare, "telemetry_us": telemetry}, sys.stdout)
+            for name, on in (("off", False), ("on", True)):
+                config = logging_config(level="info", log_format="json", access_log=on)
+                _to(config, log)
+                logging.config.dictConfig(config)
+                timed["bare_us"] = min(
+                    timed.get("bare_us", math.inf), asyncio.run(_best_us(_inner, App()))
+                )
+                middleware = Telemetry(_inner, Runtime(metrics_enabled=on))
+                timed[f"{name}_us"] = asyncio.run(_best_us(middleware, App()))
+            logging.shutdown()
+    json.dump(timed, sys.stdout)
     return 0
+
+
+def _to(config: dict[str, Any], log: Any) -> None:
+    """Every handler of ``config`` writes to ``log`` instead of stderr."""
+    for handler in config["handlers"].values():
+        if handler.get("stream") == "ext://sys.stderr":
+            handler["stream"] = log
 
 
 if __name__ == "__main__":

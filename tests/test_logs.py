@@ -1,5 +1,6 @@
 """Log lines: text or JSON (one object per line), uvicorn's included; no secret ever logged."""
 
+import io
 import json
 import logging
 import os
@@ -7,6 +8,7 @@ import secrets
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,9 +18,18 @@ from dependency_injector import providers
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, make_url
 
+from app import request_context
 from app.config import Settings
 from app.main import app
-from app.observability.logs import JsonFormatter, RequestIdFilter, TextFormatter
+from app.observability import logs
+from app.observability.logs import (
+    AccessHandler,
+    JsonFormatter,
+    LineHandler,
+    LineWriter,
+    RequestIdFilter,
+    TextFormatter,
+)
 from app.testing.server import LiveServer
 from containers import container
 from tests.test_errors import OrphanItemUserService
@@ -205,3 +216,135 @@ def test_app_serve_replaces_uvicorns_access_log(sqlite_server: LiveServer) -> No
     assert len(access) == 1
     assert access[0].split(" app.access [text-1] ")[1].startswith("GET /users/ 200 ")
     assert "from 127.0.0.1:" in access[0]
+
+
+class TestAccessLines:
+    """The access line the telemetry middleware writes directly, without a ``LogRecord``, is
+    the one ``logging`` would make."""
+
+    @pytest.mark.parametrize("traced", [False, True])
+    @pytest.mark.parametrize("formatter", [JsonFormatter, TextFormatter])
+    def test_the_direct_line_is_the_logged_one(
+        self, formatter: type[logging.Formatter], traced: bool
+    ) -> None:
+        direct, logged = io.StringIO(), io.StringIO()
+        request = request_context.RequestContext("req-1")
+        if traced:
+            request.trace_id, request.span_id = (
+                "0af7651916cd43dd8448eb211c80319c",
+                "b7ad6b7169203331",
+            )
+        fields = ("GET", "/users/{user_id}", 200, 12.35, 0.02, '127.0.0.1:5"\\')
+        handler = AccessHandler(direct)
+        handler.setFormatter(formatter())
+        assert handler.access(*fields, request)
+        handler.flush()
+
+        via_logging = LineHandler(logged)
+        via_logging.setFormatter(formatter())
+        via_logging.addFilter(RequestIdFilter())
+        made = logging.LogRecord(
+            "app.access",
+            logging.INFO,
+            __file__,
+            1,
+            "%s %s %d %.1f ms (gates %.1f ms) from %s",
+            fields,
+            None,
+        )
+        made.__dict__.update(zip(EXTRA, fields, strict=True))
+        token = request_context._current.set(request)
+        try:
+            via_logging.handle(made)
+        finally:
+            request_context._current.reset(token)
+
+        def without_time(line: str) -> str:
+            return line.split(" ", 1)[1] if formatter is TextFormatter else line.split(",", 1)[1]
+
+        assert without_time(direct.getvalue()) == without_time(logged.getvalue())
+        assert direct.getvalue().count("\n") == 1
+        if formatter is JsonFormatter:
+            parsed = json.loads(direct.getvalue())
+            assert parsed["client"] == fields[-1]
+            assert ("trace_id" in parsed) is traced
+
+    def test_another_formatter_is_left_to_logging(self) -> None:
+        handler = AccessHandler(io.StringIO())
+        handler.setFormatter(logging.Formatter())
+        request = request_context.RequestContext("req-1")
+        assert not handler.access("GET", "/", 200, 1.0, 0.0, "-", request)
+
+    def test_only_an_access_handler_alone_is_written_to_directly(self) -> None:
+        logger = logging.getLogger("tests.logs.access")
+        handler = AccessHandler(io.StringIO())
+        logger.addHandler(handler)
+        try:
+            assert logs.access_handler(logger) is None  # propagates: a capture may see it
+            logger.propagate = False
+            assert logs.access_handler(logger) is handler
+            logger.addFilter(RequestIdFilter())
+            assert logs.access_handler(logger) is None
+        finally:
+            logger.removeHandler(handler)
+            logger.filters.clear()
+            logger.propagate = True
+
+
+EXTRA = ("method", "route", "status", "duration_ms", "gate_wait_ms", "client")
+
+
+class TestLineWriter:
+    def test_batched_lines_come_before_the_next_line_written_at_once(self) -> None:
+        stream = io.StringIO()
+        writer = LineWriter(stream, seconds=3600)
+        writer.write("a\n")
+        writer.write("b\n")
+        assert stream.getvalue() == ""
+        writer.write_now("c\n")
+        assert stream.getvalue() == "a\nb\nc\n"
+        writer.write("d\n")
+        writer.flush()
+        assert stream.getvalue() == "a\nb\nc\nd\n"
+
+    def test_a_full_batch_is_written(self) -> None:
+        stream = io.StringIO()
+        writer = LineWriter(stream, seconds=3600, chars=10)
+        writer.write("12345\n")
+        assert stream.getvalue() == ""
+        writer.write("6789\n")
+        assert stream.getvalue() == "12345\n6789\n"
+
+    def test_batched_lines_are_written_in_the_background(self) -> None:
+        stream = io.StringIO()
+        writer = LineWriter(stream, seconds=0.01)
+        for _ in range(3):
+            writer.write("a line\n")
+            deadline = time.monotonic() + 30
+            while stream.getvalue().count("\n") < 1 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert stream.getvalue() == "a line\n"
+            stream.seek(0)
+            stream.truncate()
+
+    def test_handlers_of_one_stream_share_its_writer(self) -> None:
+        stream = io.StringIO()
+        assert LineHandler(stream).writer is AccessHandler(stream).writer
+        assert LineHandler(io.StringIO()).writer is not LineHandler(stream).writer
+
+
+def test_no_access_line_is_lost_at_a_graceful_shutdown(tmp_path: Path) -> None:
+    """Batched access lines are written before the workers exit (SIGTERM)."""
+    env = {"DATABASE_URL": f"sqlite:///{tmp_path / 'app.db'}", "LOG_FORMAT": "json"}
+    with LiveServer(env, workers=2, serve=True) as server:
+        with httpx2.Client(base_url=server.url) as client:
+            ids = [
+                client.get("/health", headers={"X-Request-ID": f"shutdown-{n}"}).headers[
+                    "x-request-id"
+                ]
+                for n in range(50)
+            ]
+        assert server.stop() == 0
+    lines = [json.loads(line) for line in server.log_text().splitlines() if line.startswith("{")]
+    logged = [line["request_id"] for line in lines if line["logger"] == "app.access"]
+    assert sorted(i for i in logged if i.startswith("shutdown-")) == sorted(ids)

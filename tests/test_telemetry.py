@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 from app import request_context
 from app.config import Settings
 from app.main import app
-from app.middleware.telemetry import UNMATCHED
+from app.middleware.telemetry import UNMATCHED, _request_id
 from app.observability.logs import RequestIdFilter
 from app.schemas import UserRead
 from app.services import UserService
@@ -178,3 +178,10 @@ class TestGateWait:
         assert vars(timed_out)["status"] == 503
         assert vars(timed_out)["gate_wait_ms"] >= 290  # DB_QUEUE_TIMEOUT
         assert vars(timed_out)["request_id"] == response.headers["x-request-id"]
+
+
+def test_generated_ids_are_new_every_time() -> None:
+    scope = {"headers": [(b"x-request-id", b"no spaces allowed")]}
+    ids = {_request_id(scope) for _ in range(10_000)}
+    assert len(ids) == 10_000
+    assert all(GENERATED.fullmatch(found) for found in ids)

@@ -9,14 +9,14 @@ a server span, current while it is served, named by its route template at the en
 """
 
 import logging
+import os
 import re
 import time
-import uuid
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import request_context
-from app.observability import metrics, tracing
+from app.observability import logs, metrics, tracing
 from app.runtime import Runtime
 
 __all__ = ["REQUEST_ID_HEADER", "UNMATCHED", "Telemetry", "route_template"]
@@ -46,7 +46,7 @@ def _request_id(scope: Scope) -> str:
     for name, value in scope["headers"]:
         if name == _HEADER and _VALID_ID.fullmatch(value):
             return bytes(value).decode()
-    return uuid.uuid4().hex
+    return os.urandom(16).hex()  # what uuid4().hex draws, for a sixth of its cost
 
 
 def _traceparent(scope: Scope) -> str | None:
@@ -116,6 +116,11 @@ def _log_access(
     address = f"{client[0]}:{client[1]}" if client else "-"
     duration_ms = round(seconds * 1000, 2)
     gate_wait_ms = round(request.total_gate_wait * 1000, 2)
+    handler = logs.access_handler(access_log)
+    if handler is not None and handler.access(
+        scope["method"], route, status, duration_ms, gate_wait_ms, address, request
+    ):
+        return  # app serve's handler, alone: the same line without logging's machinery
     access_log.info(
         "%s %s %d %.1f ms (gates %.1f ms) from %s",
         scope["method"],

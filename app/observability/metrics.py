@@ -144,16 +144,29 @@ def request_started() -> None:
     _IN_PROGRESS.inc()
 
 
+_Bound = tuple[Counter, Histogram]
+_bound: dict[tuple[str, str, int], _Bound] = {}
+"""The children of ``_REQUESTS`` and ``_DURATION`` by method, route and status, looked up
+once: ``labels()`` costs as much as the increment. Bounded as the labels are."""
+_GATE_WAITS = {kind: _GATE_WAIT.labels(kind) for kind in get_args(GateKind)}
+
+
 def observe_request(
     method: str, route: str, status: int, seconds: float, gate_wait: Mapping[GateKind, float]
 ) -> None:
     """Count a finished request (and end its ``request_started``)."""
     _IN_PROGRESS.dec()
     method = method if method in _METHODS else "other"
-    _REQUESTS.labels(method, route, str(status)).inc()
-    _DURATION.labels(method, route).observe(seconds)
+    bound = _bound.get((method, route, status))
+    if bound is None:
+        bound = _bound[(method, route, status)] = (
+            _REQUESTS.labels(method, route, str(status)),
+            _DURATION.labels(method, route),
+        )
+    bound[0].inc()
+    bound[1].observe(seconds)
     for kind, waited in gate_wait.items():
-        _GATE_WAIT.labels(kind).observe(waited)
+        _GATE_WAITS[kind].observe(waited)
 
 
 def count_unavailable(cause: Unavailable) -> None:
