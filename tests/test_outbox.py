@@ -316,7 +316,7 @@ def start_worker(
         )
 
 
-def wait_for(condition: Callable[[], bool], timeout: float = 30.0, what: str = "") -> None:
+def wait_for(condition: Callable[[], bool], timeout: float = 90.0, what: str = "") -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:
