@@ -289,6 +289,20 @@ def _not_found(n: int) -> int:
     return 404
 
 
+_started: list[subprocess.Popen[bytes]] = []
+
+
+@pytest.fixture(autouse=True)
+def _no_worker_outlives_its_test() -> Iterator[None]:
+    """A test that fails before it stops its workers kills them (else they poll for ever)."""
+    yield
+    while _started:
+        process = _started.pop()
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=10)
+
+
 def start_worker(
     database_url: str, urls: list[str], log: Path, **settings: str
 ) -> subprocess.Popen[bytes]:
@@ -307,13 +321,15 @@ def start_worker(
         values["DB_PREPARE_THRESHOLD"] = "none"
     env = settings_free_environ(**(values | settings))
     with log.open("ab") as out:
-        return subprocess.Popen(
+        process = subprocess.Popen(
             [sys.executable, "-m", "app.cli", "worker"],
             env=env,
             cwd=log.parent,
             stdout=out,
             stderr=subprocess.STDOUT,
         )
+    _started.append(process)
+    return process
 
 
 def wait_for(condition: Callable[[], bool], timeout: float = 90.0, what: str = "") -> None:
