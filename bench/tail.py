@@ -7,10 +7,7 @@ side in alternating rounds, on SQLite and PostgreSQL: the latency distribution w
 """
 
 import dataclasses
-import json
-import os
 import statistics
-import subprocess
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -21,7 +18,7 @@ from app.testing.server import LiveServer
 from bench.data import postgres_database, seed, sqlite_url
 from bench.report import Table, Target
 from bench.server import cpu_seconds
-from bench.web import REQUESTS, SMALL, progress, settle
+from bench.web import REQUESTS, SMALL, progress, settle, wrk_run
 
 __all__ = ["CONNECTIONS", "P99_AT_MOST_S", "SPREAD_AT_MOST", "Tail", "tail_table"]
 
@@ -33,7 +30,6 @@ SPREAD_AT_MOST = 4.0
 QUEUE_TIMEOUT_S = Settings.model_fields["DB_QUEUE_TIMEOUT"].default
 """wrk's timeout: no answer, 200 or 503, may take longer than the gate's bound."""
 _REQUEST = REQUESTS[0]  # GET /users/{id}
-_WRK_SCRIPT = Path(__file__).with_name("wrk.lua")
 _APP = "app serve"
 _UVLOOP = "app serve --loop uvloop"
 _BASELINES = {
@@ -86,47 +82,18 @@ class Tail:
 
 
 def _wrk(url: str, *, seconds: int, connections: int) -> Tail:
-    env = {
-        **os.environ,
-        "BENCH_METHOD": _REQUEST.method,
-        "BENCH_PATH": _REQUEST.path,
-        "BENCH_IDS": str(SMALL.users),
-        "BENCH_ORDER": "cycle",
-        "BENCH_BODY": "",
-        "BENCH_IDEMPOTENCY_KEY": "",
-    }
-    command = [
-        "wrk",
-        "--threads",
-        "2",
-        "--connections",
-        str(connections),
-        "--duration",
-        f"{seconds}s",
-        "--timeout",
-        f"{QUEUE_TIMEOUT_S:g}s",
-        "--script",
-        str(_WRK_SCRIPT),
-        url,
-    ]
-    result = subprocess.run(
-        command, capture_output=True, text=True, env=env, timeout=seconds + 60, check=True
+    data = wrk_run(url, _REQUEST, seconds=seconds, connections=connections, timeout=QUEUE_TIMEOUT_S)
+    return Tail(
+        requests=data["requests"],
+        seconds=data["duration_us"] / 1e6,
+        non2xx=data["non2xx"],
+        socket_errors=data["connect"] + data["read"] + data["write"],
+        timeouts=data["timeout"],
+        p50_ms=data["p50_us"] / 1000,
+        p99_ms=data["p99_us"] / 1000,
+        p999_ms=data["p999_us"] / 1000,
+        max_ms=data["max_us"] / 1000,
     )
-    for line in result.stdout.splitlines():
-        if line.startswith("BENCH_RESULT "):
-            data = json.loads(line.removeprefix("BENCH_RESULT "))
-            return Tail(
-                requests=data["requests"],
-                seconds=data["duration_us"] / 1e6,
-                non2xx=data["non2xx"],
-                socket_errors=data["connect"] + data["read"] + data["write"],
-                timeouts=data["timeout"],
-                p50_ms=data["p50_us"] / 1000,
-                p99_ms=data["p99_us"] / 1000,
-                p999_ms=data["p999_us"] / 1000,
-                max_ms=data["max_us"] / 1000,
-            )
-    raise RuntimeError(f"wrk printed no result:\n{result.stdout}\n{result.stderr}")
 
 
 @contextmanager

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from app.testing.server import LiveServer
 from bench.data import Dataset, postgres_database, seed, sqlite_url
@@ -39,6 +39,7 @@ __all__ = [
     "sqlite_tables",
     "times",
     "wrk",
+    "wrk_run",
     "wrk_timeout",
 ]
 
@@ -166,15 +167,17 @@ def wrk_timeout(seconds: int) -> int:
     return max(1, min(5, seconds))
 
 
-def wrk(
+def wrk_run(
     url: str,
     request: Request,
     *,
     seconds: int,
     connections: int,
+    timeout: float,
     ids: int = SMALL.users,
     order: Order = "cycle",
-) -> Load:
+) -> dict[str, Any]:
+    """One wrk run of ``request`` with bench/wrk.lua: what its BENCH_RESULT line reports."""
     env = {
         **os.environ,
         "BENCH_METHOD": request.method,
@@ -193,7 +196,7 @@ def wrk(
         "--duration",
         f"{seconds}s",
         "--timeout",
-        f"{wrk_timeout(seconds)}s",
+        f"{timeout:g}s",
         "--script",
         str(WRK_SCRIPT),
         url,
@@ -203,16 +206,37 @@ def wrk(
     )
     for line in result.stdout.splitlines():
         if line.startswith("BENCH_RESULT "):
-            data = json.loads(line.removeprefix("BENCH_RESULT "))
-            return Load(
-                requests=data["requests"],
-                seconds=data["duration_us"] / 1e6,
-                non2xx=data["non2xx"],
-                socket_errors=data["connect"] + data["read"] + data["write"] + data["timeout"],
-                p50_ms=data["p50_us"] / 1000,
-                p99_ms=data["p99_us"] / 1000,
-            )
+            data: dict[str, Any] = json.loads(line.removeprefix("BENCH_RESULT "))
+            return data
     raise RuntimeError(f"wrk printed no result:\n{result.stdout}\n{result.stderr}")
+
+
+def wrk(
+    url: str,
+    request: Request,
+    *,
+    seconds: int,
+    connections: int,
+    ids: int = SMALL.users,
+    order: Order = "cycle",
+) -> Load:
+    data = wrk_run(
+        url,
+        request,
+        seconds=seconds,
+        connections=connections,
+        timeout=wrk_timeout(seconds),
+        ids=ids,
+        order=order,
+    )
+    return Load(
+        requests=data["requests"],
+        seconds=data["duration_us"] / 1e6,
+        non2xx=data["non2xx"],
+        socket_errors=data["connect"] + data["read"] + data["write"] + data["timeout"],
+        p50_ms=data["p50_us"] / 1000,
+        p99_ms=data["p99_us"] / 1000,
+    )
 
 
 def progress(message: str) -> None:
