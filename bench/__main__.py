@@ -86,6 +86,11 @@ def _parser() -> argparse.ArgumentParser:
         "BENCH_POSTGRES_URL is set)",
     )
     parser.add_argument(
+        "--sections",
+        type=_sections,
+        help="run only these sections of the full run, e.g. 1-6 or 7,9 (default: all)",
+    )
+    parser.add_argument(
         "--replicas-only",
         "--replicas",
         action="store_true",
@@ -93,6 +98,18 @@ def _parser() -> argparse.ArgumentParser:
         "under writes (starts its own PostgreSQL primary and standby)",
     )
     return parser
+
+
+def _sections(spec: str) -> frozenset[int]:
+    """``"1-6"``, ``"7,9"``: section numbers."""
+    numbers: set[int] = set()
+    try:
+        for part in spec.split(","):
+            first, _, last = part.partition("-")
+            numbers.update(range(int(first), int(last or first) + 1))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list of section numbers: {spec!r}") from None
+    return frozenset(numbers)
 
 
 def _show(table: Table) -> Table:
@@ -211,9 +228,16 @@ def main(argv: list[str] | None = None) -> int:
             tables.append(_show(_replicas(folder, args, seconds, rounds, warmup)))
             print(summary(tables))
             return 0
-        tables.append(_show(session_table(folder, quick=quick)))
-        tables.append(_show(provider_table(quick=quick)))
-        if has_wrk:
+        sections: frozenset[int] | None = args.sections
+
+        def wanted(section: int) -> bool:
+            return sections is None or section in sections
+
+        if wanted(1):
+            tables.append(_show(session_table(folder, quick=quick)))
+        if wanted(2):
+            tables.append(_show(provider_table(quick=quick)))
+        if has_wrk and wanted(3):
             for table in sqlite_tables(
                 folder,
                 workers=workers,
@@ -223,10 +247,11 @@ def main(argv: list[str] | None = None) -> int:
                 connections=args.connections,
             ):
                 tables.append(_show(table))
-        else:
+        elif wanted(3):
             print(f"### 3. HTTP under wrk: not run\n\n{WRK_MISSING}\n", flush=True)
-        tables.append(_show(floor_table(folder, quick=quick)))
-        if has_wrk and postgres_url:
+        if wanted(4):
+            tables.append(_show(floor_table(folder, quick=quick)))
+        if has_wrk and postgres_url and wanted(5):
             postgres_rounds = max(1, rounds - 1)
             table = postgres_table(
                 postgres_url,
@@ -237,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
                 connections=args.connections,
             )
             tables.append(_show(table))
-        if has_wrk:
+        if has_wrk and wanted(6):
             backends = ("SQLite", "PostgreSQL") if postgres_url else ("SQLite",)
             for backend in backends:
                 table = growth_table(
@@ -251,14 +276,18 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 tables.append(_show(table))
         if has_wrk:
-            tables.append(_show(_operations(folder, args, seconds, rounds, warmup)))
-            tables.append(_show(_outbox(folder, args, seconds, rounds, warmup)))
-            tables.append(_show(_idempotency(folder, args, seconds, rounds, warmup)))
-            tables.append(_show(_tail(folder, args, seconds, rounds, warmup)))
+            for section, run in (
+                (7, _operations),
+                (9, _outbox),
+                (10, _idempotency),
+                (11, _tail),
+            ):
+                if wanted(section):
+                    tables.append(_show(run(folder, args, seconds, rounds, warmup)))
             missing = replicas_missing()
-            if missing:
+            if wanted(8) and missing:
                 print(f"{missing}\n", flush=True)
-            else:
+            elif wanted(8):
                 tables.append(_show(_replicas(folder, args, seconds, rounds, warmup)))
     print(summary(tables))
     if not has_wrk:
