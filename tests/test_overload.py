@@ -184,6 +184,7 @@ async def _status(reader: asyncio.StreamReader) -> int:
     return int(lines[0].split(" ")[1])
 
 
+@pytest.mark.any_backend  # its request needs no database
 async def test_app_serve_takes_a_burst_of_new_connections_in_at_once(
     database_url: str, schema: Engine
 ) -> None:
