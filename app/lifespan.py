@@ -125,8 +125,9 @@ def _log_concurrency(s: Settings, c: Container) -> None:
 @contextmanager
 def _serving(runtime: Runtime, s: Settings, c: Container) -> Iterator[None]:
     """From startup to shutdown: ``runtime.draining`` and ``runtime.metrics_enabled``; with
-    metrics on, the container's engines feed ``db_connections_in_use``. Leave it after the
-    engines are disposed: this process's live gauges are then dropped."""
+    metrics on, the container's engines feed ``db_connections_in_use`` and this process writes
+    its figures every ``metrics.FLUSH_SECONDS``. Leave it after the engines are disposed:
+    the last figures are written, then this process's live gauges are dropped."""
     runtime.metrics_enabled = s.METRICS_ENABLED
     runtime.metrics_token = s.METRICS_TOKEN
     if s.METRICS_ENABLED:
@@ -136,11 +137,13 @@ def _serving(runtime: Runtime, s: Settings, c: Container) -> Iterator[None]:
         replicas: ReplicaSet | None = c.replicas()
         for replica in replicas.replicas if replicas is not None else ():
             metrics.instrument_engine(replica.engine, replica.name)
+        metrics.start_flushing()
     try:
         with on_signals(runtime):
             yield
     finally:
         if s.METRICS_ENABLED:
+            metrics.stop_flushing()
             metrics.mark_process_dead()
 
 

@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -14,7 +15,7 @@ import httpx2
 import pytest
 from dependency_injector import providers
 from fastapi.testclient import TestClient
-from prometheus_client import REGISTRY
+from prometheus_client import REGISTRY, CollectorRegistry, Histogram
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import Engine, create_engine
 from sqlalchemy.exc import OperationalError
@@ -204,8 +205,49 @@ def test_a_failed_checkout_is_not_a_connection_in_use() -> None:
     metrics.instrument_engine(engine, "closed-port")  # idempotent
     with pytest.raises(OperationalError):
         engine.connect()
+    metrics.flush()
     assert REGISTRY.get_sample_value("db_connections_in_use", {"engine": "closed-port"}) == 0
     engine.dispose()
+
+
+def test_figures_are_written_in_batches_with_the_values_of_direct_writes() -> None:
+    """observe_request adds to this process's batch; a flush writes what prometheus-client's
+    own observe() would have, bucket edges included."""
+    route = "/batched/{id}"
+    durations = [0.005, 0.0051, 0.3, 10.0, 11.0, 0.0]
+    reference = CollectorRegistry()
+    direct = Histogram("direct_seconds", "the same observations", registry=reference)
+    metrics.flush()
+    for seconds in durations:
+        metrics.request_started()
+        metrics.observe_request("GET", route, 200, seconds, {"read": seconds / 2})
+        direct.observe(seconds)
+    labels = {"method": "GET", "route": route}
+    assert REGISTRY.get_sample_value("http_request_duration_seconds_count", labels) in (None, 0)
+    metrics.flush()
+    for suffix in ("_count", "_sum"):
+        assert REGISTRY.get_sample_value(
+            f"http_request_duration_seconds{suffix}", labels
+        ) == reference.get_sample_value(f"direct_seconds{suffix}")
+    for bound in ("0.005", "0.01", "0.5", "10.0", "+Inf"):
+        assert REGISTRY.get_sample_value(
+            "http_request_duration_seconds_bucket", {**labels, "le": bound}
+        ) == reference.get_sample_value("direct_seconds_bucket", {"le": bound}), bound
+    counted = {**labels, "status": "200"}
+    assert REGISTRY.get_sample_value("http_requests_total", counted) == len(durations)
+
+
+def test_a_serving_process_writes_its_figures_on_its_own(client: TestClient) -> None:
+    """Without a scrape in this process, the figures reach prometheus-client's values within
+    FLUSH_SECONDS (what another worker answering a scrape reads)."""
+    labels = {"method": "GET", "route": "/users/", "status": "200"}
+    before = REGISTRY.get_sample_value("http_requests_total", labels) or 0
+    assert client.get("/users/").status_code == 200
+    deadline = time.monotonic() + FLUSHED_WITHIN
+    while (REGISTRY.get_sample_value("http_requests_total", labels) or 0) == before:
+        assert time.monotonic() < deadline, "the figures were never written"
+        time.sleep(metrics.FLUSH_SECONDS / 4)
+    assert REGISTRY.get_sample_value("http_requests_total", labels) == before + 1
 
 
 def test_dead_processes_leave_the_live_gauges(
@@ -237,6 +279,9 @@ WORKERS = 2
 REQUESTS = 40
 MAX_REQUESTS = 400
 BURST = 8
+ROUTE = {"method": "GET", "route": "/users/{user_id}", "status": "200"}
+FLUSHED_WITHIN = 60.0
+"""A bound for a hung worker, not a timing: a worker writes every FLUSH_SECONDS."""
 
 
 def _served_by(server: LiveServer) -> Counter[int]:
@@ -268,12 +313,17 @@ def test_two_workers_add_up_in_one_scrape(database_url: str, schema: Engine) -> 
                 assert set(pool.map(get, range(BURST))) == {200}
                 sent += BURST
         with httpx2.Client(base_url=server.url) as client:
+            # Each worker writes its figures every FLUSH_SECONDS (and the one that answers
+            # a scrape, its own first): wait for the other's next write (bounded).
+            deadline = time.monotonic() + FLUSHED_WITHIN
+            while value(scrape(client), "http_requests_total", **ROUTE) < sent:
+                assert time.monotonic() < deadline, "a worker never wrote its figures"
+                time.sleep(metrics.FLUSH_SECONDS / 4)
             scrapes = [scrape(client) for _ in range(4)]  # answered by either worker
         served = _served_by(server)
     assert len(served) == WORKERS, f"one worker served all {sent} requests"
-    route = {"method": "GET", "route": "/users/{user_id}", "status": "200"}
     for samples in scrapes:
-        assert value(samples, "http_requests_total", **route) == sent
+        assert value(samples, "http_requests_total", **ROUTE) == sent
         assert value(samples, "db_connections_in_use", engine="engine") == 0
     assert not directory.exists()  # app serve removed it
 

@@ -6,11 +6,13 @@ file unless PROMETHEUS_MULTIPROC_DIR is set, and then only in that directory. La
 bounded: route templates, never raw paths; a fixed set of methods.
 """
 
+import bisect
 import contextlib
 import glob
 import math
 import os
 import re
+import threading
 import weakref
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal, get_args
@@ -38,6 +40,7 @@ __all__ = [
     "count_unavailable",
     "declare_engines",
     "exposition",
+    "flush",
     "forget_dead_processes",
     "instrument_engine",
     "mark_process_dead",
@@ -46,6 +49,8 @@ __all__ = [
     "observe_request",
     "register_outbox",
     "request_started",
+    "start_flushing",
+    "stop_flushing",
 ]
 
 MULTIPROC_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -140,33 +145,152 @@ _instrumented: "weakref.WeakSet[Engine]" = weakref.WeakSet()
 _LIVE_GAUGE_FILE = re.compile(r"gauge_live\w*?_(\d+)\.db")
 
 
+class _Histogram:
+    """A histogram child's observations not yet written: a count per bucket and the sum."""
+
+    __slots__ = ("bounds", "child", "counts", "total")
+
+    def __init__(self, child: Histogram) -> None:
+        self.child = child
+        self.bounds: list[float] = list(child._upper_bounds)  # the last one is +Inf
+        self.counts = [0] * len(self.bounds)
+        self.total = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, seconds)] += 1  # amount <= bound, as hers
+        self.total += seconds
+
+    def write(self) -> None:
+        # prometheus-client keeps a value per bucket (cumulated at collection) and the sum:
+        # one write per bucket touched, however many observations it got.
+        for index, count in enumerate(self.counts):
+            if count:
+                self.child._buckets[index].inc(count)
+                self.counts[index] = 0
+        if self.total:
+            self.child._sum.inc(self.total)
+            self.total = 0.0
+
+
+class _Batch:
+    """What this process measured since its last write to prometheus-client's values.
+
+    In multiprocess mode each increment or observation is a locked write to a memory-mapped
+    file (a request made nine: ~10 k instructions each, the larger part of the metrics'
+    cost); here it is an addition to a Python number, and ``write`` passes the totals on:
+    every ``FLUSH_SECONDS`` from a thread of its own, before this process answers a scrape,
+    and at shutdown. A scrape answered by another worker sees this one's figures as of its
+    last write, at most ``FLUSH_SECONDS`` old; a worker killed with SIGKILL loses at most
+    that much. Pool events and replica reads come from worker threads, hence the lock.
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.counts: dict[Counter, float] = {}
+        self.histograms: dict[Histogram, _Histogram] = {}
+        self.levels: dict[Gauge, float] = {}
+        """The live gauges' values in this process; a gauge is written when it changed."""
+        self._written: dict[Gauge, float] = {}
+        self._flusher: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    def count(self, child: Counter) -> None:
+        with self.lock:
+            self.counts[child] = self.counts.get(child, 0.0) + 1
+
+    def histogram(self, child: Histogram) -> _Histogram:
+        found = self.histograms.get(child)
+        if found is None:
+            found = self.histograms.setdefault(child, _Histogram(child))
+        return found
+
+    def add(self, gauge: Gauge, amount: float) -> None:
+        with self.lock:
+            self.levels[gauge] = self.levels.get(gauge, 0.0) + amount
+
+    def write(self) -> None:
+        with self.lock:
+            for child, amount in self.counts.items():
+                child.inc(amount)
+            self.counts.clear()
+            for histogram in self.histograms.values():
+                histogram.write()
+            for gauge, level in self.levels.items():
+                if self._written.get(gauge) != level:
+                    gauge.set(level)
+                    self._written[gauge] = level
+
+    def start(self) -> None:
+        """Write every ``FLUSH_SECONDS`` until ``stop`` (idempotent; one thread a process)."""
+        if self._flusher is not None and self._flusher.is_alive():
+            return
+        self._stop.clear()
+        self._flusher = threading.Thread(target=self._run, name="metrics-flush", daemon=True)
+        self._flusher.start()
+
+    def stop(self) -> None:
+        """The last write; the thread ends."""
+        self._stop.set()
+        if self._flusher is not None:
+            self._flusher.join()
+            self._flusher = None
+        self.write()
+
+    def _run(self) -> None:
+        while not self._stop.wait(FLUSH_SECONDS):
+            self.write()
+
+
+FLUSH_SECONDS = 1.0
+"""How often each process writes what it measured to prometheus-client's values."""
+_batch = _Batch()
+_batch.levels[_IN_PROGRESS] = 0.0
+
+
 def request_started() -> None:
-    _IN_PROGRESS.inc()
+    _batch.add(_IN_PROGRESS, 1)
 
 
-_Bound = tuple[Counter, Histogram]
+_Bound = tuple[Counter, _Histogram]
 _bound: dict[tuple[str, str, int], _Bound] = {}
 """The children of ``_REQUESTS`` and ``_DURATION`` by method, route and status, looked up
 once: ``labels()`` costs as much as the increment. Bounded as the labels are."""
-_GATE_WAITS = {kind: _GATE_WAIT.labels(kind) for kind in get_args(GateKind)}
+_GATE_WAITS = {kind: _batch.histogram(_GATE_WAIT.labels(kind)) for kind in get_args(GateKind)}
 
 
 def observe_request(
     method: str, route: str, status: int, seconds: float, gate_wait: Mapping[GateKind, float]
 ) -> None:
     """Count a finished request (and end its ``request_started``)."""
-    _IN_PROGRESS.dec()
     method = method if method in _METHODS else "other"
     bound = _bound.get((method, route, status))
     if bound is None:
         bound = _bound[(method, route, status)] = (
             _REQUESTS.labels(method, route, str(status)),
-            _DURATION.labels(method, route),
+            _batch.histogram(_DURATION.labels(method, route)),
         )
-    bound[0].inc()
-    bound[1].observe(seconds)
-    for kind, waited in gate_wait.items():
-        _GATE_WAITS[kind].observe(waited)
+    batch = _batch
+    with batch.lock:
+        batch.levels[_IN_PROGRESS] -= 1
+        batch.counts[bound[0]] = batch.counts.get(bound[0], 0.0) + 1
+        bound[1].observe(seconds)
+        for kind, waited in gate_wait.items():
+            _GATE_WAITS[kind].observe(waited)
+
+
+def flush() -> None:
+    """Write what this process measured to prometheus-client's values now (a scrape does)."""
+    _batch.write()
+
+
+def start_flushing() -> None:
+    """Write this process's figures every ``FLUSH_SECONDS`` from now on (the lifespan)."""
+    _batch.start()
+
+
+def stop_flushing() -> None:
+    """The last write of this process's figures (at shutdown)."""
+    _batch.stop()
 
 
 def count_unavailable(cause: Unavailable) -> None:
@@ -174,7 +298,7 @@ def count_unavailable(cause: Unavailable) -> None:
 
 
 def count_read(engine: str) -> None:
-    _READS.labels(engine).inc()
+    _batch.count(_READS.labels(engine))
 
 
 def declare_engines(engines: Sequence[str]) -> None:
@@ -213,14 +337,16 @@ def instrument_engine(engine: Engine, name: str) -> None:
         return
     gauge = _CONNECTIONS.labels(name)
 
+    _batch.add(gauge, 0)
+
     def checkout(dbapi_connection: Any, record: Any, proxy: Any) -> None:
         record.record_info[_COUNTED] = True
-        gauge.inc()
+        _batch.add(gauge, 1)
 
     def checkin(dbapi_connection: Any, record: Any) -> None:
         # A failed checkout (the server is down) is checked in without a checkout event.
         if record.record_info.pop(_COUNTED, False):
-            gauge.dec()
+            _batch.add(gauge, -1)
 
     event.listen(engine, "checkout", checkout)
     event.listen(engine, "checkin", checkin)
@@ -229,6 +355,7 @@ def instrument_engine(engine: Engine, name: str) -> None:
 
 def exposition() -> bytes:
     """The text that ``GET /metrics`` answers: every worker's figures in multiprocess mode."""
+    flush()
     directory = os.environ.get(MULTIPROC_DIR_ENV)
     if not directory:
         return generate_latest(REGISTRY)
