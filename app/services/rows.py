@@ -32,7 +32,8 @@ def schemas(schema: type[Schema], result: Result[Any]) -> list[Schema]:
     (``select(Item.id, Item.title, ...)``), validated in one call: a third of the CPU of
     calling ``schema(...)`` for each row."""
     names = tuple(result.keys())
-    return _list_of(schema).validate_python([dict(zip(names, row, strict=True)) for row in result])
+    rows = result.all()  # one fetchall: iterating the result fetches row by row
+    return _list_of(schema).validate_python([dict(zip(names, row, strict=True)) for row in rows])
 
 
 def schemas_of(schema: type[Schema], values: Iterable[Mapping[str, Any]]) -> list[Schema]:
