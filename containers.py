@@ -41,7 +41,7 @@ class Container(containers.DeclarativeContainer):
         AppSession,
         bind=engine,
         expire_on_commit=False,
-        info=providers.Callable(session_info, settings.provided.OUTBOX_ENABLED),
+        info=providers.Callable(session_info, settings),
     )
     async_session = providers.Factory(
         AsyncSession, bind=async_engine, expire_on_commit=False, sync_session_class=AppSession

@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 from app import request_context
 from app.models import OutboxEvent
 from app.observability import tracing
+from app.outbox.config import OutboxSettings
 
 __all__ = [
     "OUTBOX_OFF",
@@ -49,9 +50,11 @@ _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 _CAMEL = re.compile(r"(?<!^)(?=[A-Z])")
 
 
-def session_info(enabled: bool) -> dict[str, Any]:
-    """The ``info`` of a new session: what the container's session factory passes."""
-    return {} if enabled else {OUTBOX_OFF: True}
+def session_info(settings: OutboxSettings) -> dict[str, Any]:
+    """The ``info`` of a new session: what the container's session factory passes. It
+    takes the settings object, not ``settings.provided.OUTBOX_ENABLED``: resolving that
+    attribute at every session cost 2 µs of a session's 10 (bench section 1)."""
+    return {} if settings.OUTBOX_ENABLED else {OUTBOX_OFF: True}
 
 
 def event_name(model: type) -> str:
