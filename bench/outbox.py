@@ -139,7 +139,7 @@ def _in_process(url: str, writes: int) -> dict[bool, float]:
     try:
         for _ in range(3):
             for enabled in (True, False):
-                info = session_info(enabled)
+                info = session_info(Settings(DATABASE_URL=url, OUTBOX_ENABLED=enabled))
                 started = time.perf_counter()
                 for n in range(writes):
                     with AppSession(bind=engine, info=info) as session, session.begin():
