@@ -5,8 +5,11 @@ socket open until it exits: meanwhile its workers would still say "ready", and o
 stopped accepting, new connections would wait in a backlog that nobody serves, for as long
 as the requests in flight take. This one passes SIGTERM on to the workers at once (their
 readiness fails within moments) and closes its copy of the socket (once the workers have
-closed theirs, new connections are refused, as with one worker); uvicorn's own stop, the
-same SIGTERM to each worker and waiting for them, follows.
+closed theirs, new connections are refused, as with one worker); uvicorn's own stop
+follows, waiting for the workers, but without a second SIGTERM to those that had this one: a
+worker that finished its graceful shutdown re-raises the signal to the handler that was there
+before uvicorn's, which may still be running when a second one lands (coverage's, saving its
+data, failed that way under load).
 """
 
 import contextlib
@@ -26,13 +29,24 @@ class Supervisor(Multiprocess):
     def __init__(self, config: Config, sockets: list[socket]) -> None:
         super().__init__(config, sockets)  # installs its handlers, which queue the signals
         self._queue_signal: Any = signal.getsignal(signal.SIGTERM)
+        self._signalled: set[int] = set()
         signal.signal(signal.SIGTERM, self._stop_now)
 
     def _stop_now(self, sig: int, frame: FrameType | None) -> None:
         for process in self.processes:
-            if process.pid is not None and process.exitcode is None:
+            pid = process.pid
+            if pid is not None and pid not in self._signalled and process.exitcode is None:
                 with contextlib.suppress(ProcessLookupError):
-                    os.kill(process.pid, sig)
+                    os.kill(pid, sig)
+                self._signalled.add(pid)
         for sock in self.sockets:
             sock.close()
         self._queue_signal(sig, frame)
+
+    def terminate_all(self) -> None:
+        for process in self.processes:
+            if process.pid in self._signalled:
+                process.parent_conn.close()
+                process.child_conn.close()
+            else:
+                process.terminate()

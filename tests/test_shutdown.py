@@ -5,10 +5,12 @@ the process exits 0 within the graceful timeout."""
 
 import asyncio
 import json
+import os
 import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import AsyncExitStack, contextmanager
+from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -161,3 +163,41 @@ async def test_sigterm_lets_requests_in_flight_finish_and_commit(
         f"GET /health on {len(idle)} keep-alive connections after it: {dict(answers)}, then "
         f"closed; a new connection {refused}; exit {code} after {exited_after:.1f} s"
     )
+
+
+# Installed in every process of the server below (the first ``sitecustomize`` on the path).
+# A worker keeps it under uvicorn's handler and, after its graceful shutdown, gets each
+# SIGTERM it received again (uvicorn raises them once it restored this one): each is a line.
+# It returns, so the worker exits as it would have, 0; slowly, as coverage's handler is while
+# it saves its data, so that a SIGTERM sent even later is a line too.
+_RECORD_SIGTERM = """
+import os, signal, time
+
+
+def _record(sig, frame):
+    with open(os.environ["SIGTERM_RECORD"], "a") as record:
+        record.write(f"{os.getpid()}\\n")
+    time.sleep(1.5)
+
+
+signal.signal(signal.SIGTERM, _record)
+"""
+
+
+@pytest.mark.any_backend  # the supervisor's signals, whatever database the workers use
+def test_each_worker_gets_sigterm_once(database_url: str, tmp_path: Path) -> None:
+    (tmp_path / "sitecustomize.py").write_text(_RECORD_SIGTERM)
+    record = tmp_path / "sigterms"
+    env = {
+        "DATABASE_URL": database_url,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")])),
+        "SIGTERM_RECORD": str(record),
+    }
+    with LiveServer(env, workers=2, serve=True) as server:
+        workers = server.worker_pids()
+        server.terminate()
+        code = server.wait(DEADLINE_SECONDS)
+
+    assert code == 0
+    assert "Traceback" not in server.log_text()
+    assert sorted(int(pid) for pid in record.read_text().split()) == sorted(workers)
