@@ -20,7 +20,7 @@ from bench.web import (
     serve,
     settle,
     times,
-    wrk,
+    wrk_run,
 )
 
 __all__ = ["idempotency_table"]
@@ -96,13 +96,15 @@ def _alternate(
     variants = (_PLAIN, _KEYED)
     if warmup:
         for request in variants:
-            wrk(server.url, request, seconds=warmup, connections=connections)
+            wrk_run(server.url, request, seconds=warmup, connections=connections)
             settle(pids)
     done: dict[Request, list[Load]] = {request: [] for request in variants}
     for round_ in range(rounds):
         for request in variants[:: 1 if round_ % 2 == 0 else -1]:
             before = cpu_seconds(pids)
-            load = wrk(server.url, request, seconds=round_seconds, connections=connections)
+            load = Load.of(
+                wrk_run(server.url, request, seconds=round_seconds, connections=connections)
+            )
             used = cpu_seconds(pids) - before
             done[request].append(dataclasses.replace(load, cpu_seconds=used))
             settle(pids)

@@ -28,7 +28,7 @@ from bench.web import (
     ratio,
     settle,
     times,
-    wrk,
+    wrk_run,
     wrk_timeout,
 )
 
@@ -157,9 +157,9 @@ def _load(
     writers: int,
 ) -> _Run:
     """``request`` under wrk while another wrk writes through the same server, both at once."""
-    writes = pool.submit(wrk, server.url, WRITES, seconds=seconds, connections=writers)
-    reads = wrk(server.url, request, seconds=seconds, connections=connections)
-    return _Run(reads, writes.result())
+    writes = pool.submit(wrk_run, server.url, WRITES, seconds=seconds, connections=writers)
+    reads = wrk_run(server.url, request, seconds=seconds, connections=connections)
+    return _Run(Load.of(reads), Load.of(writes.result()))
 
 
 def _share(replica: float, primary: float) -> str:

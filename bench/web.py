@@ -38,7 +38,6 @@ __all__ = [
     "settle",
     "sqlite_tables",
     "times",
-    "wrk",
     "wrk_run",
     "wrk_timeout",
 ]
@@ -131,6 +130,18 @@ class Load:
     cpu_seconds: float = 0.0
     peak_rss_kib: int = 0
 
+    @classmethod
+    def of(cls, data: dict[str, Any]) -> "Load":
+        """What ``wrk_run`` returned, as a Load."""
+        return cls(
+            requests=data["requests"],
+            seconds=data["duration_us"] / 1e6,
+            non2xx=data["non2xx"],
+            socket_errors=data["connect"] + data["read"] + data["write"] + data["timeout"],
+            p50_ms=data["p50_us"] / 1000,
+            p99_ms=data["p99_us"] / 1000,
+        )
+
     @property
     def cpu_per_request(self) -> str:
         if not self.requests:
@@ -173,11 +184,13 @@ def wrk_run(
     *,
     seconds: int,
     connections: int,
-    timeout: float,
+    timeout: float | None = None,
     ids: int = SMALL.users,
     order: Order = "cycle",
 ) -> dict[str, Any]:
-    """One wrk run of ``request`` with bench/wrk.lua: what its BENCH_RESULT line reports."""
+    """One wrk run of ``request`` with bench/wrk.lua: what its BENCH_RESULT line reports
+    (``Load.of`` reads it). ``timeout``: wrk's per request, ``wrk_timeout(seconds)`` unless
+    given."""
     env = {
         **os.environ,
         "BENCH_METHOD": request.method,
@@ -196,7 +209,7 @@ def wrk_run(
         "--duration",
         f"{seconds}s",
         "--timeout",
-        f"{timeout:g}s",
+        f"{wrk_timeout(seconds) if timeout is None else timeout:g}s",
         "--script",
         str(WRK_SCRIPT),
         url,
@@ -209,34 +222,6 @@ def wrk_run(
             data: dict[str, Any] = json.loads(line.removeprefix("BENCH_RESULT "))
             return data
     raise RuntimeError(f"wrk printed no result:\n{result.stdout}\n{result.stderr}")
-
-
-def wrk(
-    url: str,
-    request: Request,
-    *,
-    seconds: int,
-    connections: int,
-    ids: int = SMALL.users,
-    order: Order = "cycle",
-) -> Load:
-    data = wrk_run(
-        url,
-        request,
-        seconds=seconds,
-        connections=connections,
-        timeout=wrk_timeout(seconds),
-        ids=ids,
-        order=order,
-    )
-    return Load(
-        requests=data["requests"],
-        seconds=data["duration_us"] / 1e6,
-        non2xx=data["non2xx"],
-        socket_errors=data["connect"] + data["read"] + data["write"] + data["timeout"],
-        p50_ms=data["p50_us"] / 1000,
-        p99_ms=data["p99_us"] / 1000,
-    )
 
 
 def progress(message: str) -> None:
@@ -307,7 +292,7 @@ def measure(
         progress(f"{request.label}: {', '.join(servers)}, {rounds} round(s) each")
         if warmup:
             for name, server in servers.items():
-                wrk(
+                wrk_run(
                     server.url,
                     request,
                     seconds=warmup,
@@ -320,13 +305,15 @@ def measure(
         for round_ in range(rounds):
             for name in list(servers)[:: 1 if round_ % 2 == 0 else -1]:
                 before = cpu_seconds(pids[name])
-                load = wrk(
-                    servers[name].url,
-                    request,
-                    seconds=round_seconds,
-                    connections=connections,
-                    ids=ids,
-                    order=order,
+                load = Load.of(
+                    wrk_run(
+                        servers[name].url,
+                        request,
+                        seconds=round_seconds,
+                        connections=connections,
+                        ids=ids,
+                        order=order,
+                    )
                 )
                 cpu = cpu_seconds(pids[name]) - before
                 rss = max(peak_rss_kib(pid) for pid in pids[name])
