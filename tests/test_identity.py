@@ -296,6 +296,7 @@ BODIES = {
 }
 
 
+@pytest.mark.any_backend  # refused before any query
 @pytest.mark.parametrize("auth_enabled", [False, True], ids=["auth-off", "auth-on"])
 def test_no_422_echoes_a_password_whatever_the_content_type(
     database_url: str, schema: Engine, auth_enabled: bool
@@ -423,6 +424,7 @@ def test_openapi_declares_304_the_etag_and_the_request_id(auth_client: TestClien
 # /metrics is not public
 
 
+@pytest.mark.any_backend  # /metrics' guard touches no database
 @pytest.mark.parametrize(
     ("env", "expected"),
     [

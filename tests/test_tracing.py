@@ -395,6 +395,7 @@ def _request_spans(spans: list[ReceivedSpan], trace_id: str) -> list[ReceivedSpa
     return [s for s in spans if s.trace_id == trace_id]
 
 
+@pytest.mark.any_backend  # the workers' SDKs and their flush, whatever the database
 def test_two_workers_export_one_trace_per_request(database_url: str, schema: Engine) -> None:
     """Each worker starts its own SDK; the batch processor's delay is a minute, so the spans
     can only arrive through the flush of each worker's graceful shutdown."""
